@@ -1,0 +1,72 @@
+"""Training checkpoints (official key layout), exact resume, atomic writes of run files."""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT = "checkpoint.pth"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a reader never sees a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_checkpoint(out_dir: Path, *, student, teacher, optimizer, dino_loss, scaler, epoch: int,
+                    config: dict) -> None:
+    """Keys as in the official checkpoint.pth: student, teacher, optimizer, epoch (next epoch
+    to run), dino_loss (center, queue), fp16_scaler, args; plus our RNG states."""
+    state = {"student": student.state_dict(), "teacher": teacher.state_dict(),
+             "optimizer": optimizer.state_dict(), "dino_loss": dino_loss.state_dict(),
+             "fp16_scaler": scaler.state_dict() if scaler is not None else None,
+             "epoch": epoch, "args": config, "rng": rng_state()}
+    path = out_dir / CHECKPOINT
+    tmp = path.with_name(f".{CHECKPOINT}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(out_dir: Path, *, student, teacher, optimizer, dino_loss, scaler) -> int:
+    """Restore everything from out_dir/checkpoint.pth; returns the epoch to start at (0 if none)."""
+    path = out_dir / CHECKPOINT
+    if not path.is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    student.load_state_dict(state["student"])
+    teacher.load_state_dict(state["teacher"])
+    optimizer.load_state_dict(state["optimizer"])
+    dino_loss.load_state_dict(state["dino_loss"])
+    if scaler is not None and state.get("fp16_scaler"):
+        scaler.load_state_dict(state["fp16_scaler"])
+    set_rng_state(state["rng"])
+    return int(state["epoch"])
+
+
+def truncate_log(path: Path, start_epoch: int) -> None:
+    """Drop epoch lines written after the checkpoint we resume from."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] < start_epoch]
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))

@@ -1,0 +1,241 @@
+"""The dataset registry: datasets by name for pre-training and evaluation, their statistics and the
+deterministic evaluation transform.
+
+Splits: ``"train"`` (pre-training and the k-NN / linear train set) and ``"val"`` (evaluation); STL-10
+adds ``"unlabeled"`` (its pre-training split, labels -1) and ``"train+unlabeled"``. Items are
+``(image, label)``, or ``(image, label, mask)`` with ``with_masks=True`` (``shapes`` only), where
+``mask`` is a bool tensor (H, W). Every dataset exposes ``.targets`` (list[int]) and ``.classes``.
+Downloads (torchvision) happen only with ``download=True``. Corrupt files: our folder layout (shapes)
+checks image headers when built, and decodes every file up front only with ``skip_corrupt=True``
+(which then skips the unreadable ones with one warning); a file that fails later names its path.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision.transforms as T
+from torch.utils.data import Dataset
+from torchvision import datasets as tv
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+
+from dino_core.data import fashion_mnist, shapes
+from dino_core.data.folder import CorruptImageError, FolderDataset, image_size, mask_to_tensor
+
+logger = logging.getLogger(__name__)
+
+Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
+IMAGENET_STATS: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# Per-channel mean/std over the train split in [0, 1]. CIFAR: population std over the 50,000 train
+# images (not the often copied 0.2023/0.1994/0.2010). Fashion-MNIST: the 60,000 Debian train images.
+# shapes: channel_stats("shapes", root) over 10,000 train images, 32 px, seed 0, generator version 1.
+CIFAR10_STATS: Stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_STATS: Stats = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+FASHION_MNIST_STATS: Stats = ((0.2860, 0.2860, 0.2860), (0.3530, 0.3530, 0.3530))
+SHAPES_STATS: Stats = ((0.4977, 0.5012, 0.4993), (0.2771, 0.2782, 0.2767))
+RESIZE_RATIO = 256 / 224  # official DINO eval: Resize(256) + CenterCrop(224)
+
+
+def _missing(name: str, path: Path, manual: str) -> FileNotFoundError:
+    return FileNotFoundError(f"{name}: {path} not found. Pass download=True (needs internet) or copy "
+                             f"{manual} there manually.")
+
+
+def _shapes(root: Path, split: str, transform: Callable | None, download: bool, skip_corrupt: bool,
+            mask_transform: Callable | None) -> Dataset:
+    if shapes.read_index(root) is None:
+        if not download:
+            raise FileNotFoundError(
+                f"shapes: {root / 'index.json'} not found. Generate the dataset with "
+                f"`python -m pipelines.prepare --dataset shapes --root {root}` (or "
+                "dino_core.data.shapes.prepare_shapes), or pass download=True to generate it with defaults.")
+        shapes.prepare_shapes(root)
+    split_root = root / split
+    masks_root = split_root / "masks" if mask_transform is not None else None
+    return FolderDataset(split_root / "images", masks_root=masks_root, transform=transform,
+                         mask_transform=mask_transform, skip_corrupt=skip_corrupt, verify=skip_corrupt)
+
+
+def _fashion_mnist(root: Path, split: str, transform: Callable | None, download: bool, *_) -> Dataset:
+    if download and fashion_mnist.find_file(root, fashion_mnist.FILES[split][0]) is None:
+        tv.FashionMNIST(str(root), train=split == "train", download=True)
+    return fashion_mnist.FashionMNIST(root, split, transform)
+
+
+def _cifar(cls: type, folder: str) -> Callable[..., Dataset]:
+    def build(root: Path, split: str, transform: Callable | None, download: bool, *_) -> Dataset:
+        if not download and not (root / folder).is_dir():
+            raise _missing(cls.__name__.lower(), root / folder, f"the extracted '{folder}' folder")
+        try:
+            return cls(str(root), train=split == "train", transform=transform, download=download)
+        except RuntimeError as exc:
+            raise _missing(cls.__name__.lower(), root / folder, f"the extracted '{folder}' folder") from exc
+    return build
+
+
+def _stl10(root: Path, split: str, transform: Callable | None, download: bool, *_) -> Dataset:
+    if not download and not (root / "stl10_binary").is_dir():
+        raise _missing("stl10", root / "stl10_binary", "the extracted 'stl10_binary' folder")
+    dataset = tv.STL10(str(root), split={"val": "test"}.get(split, split), transform=transform,
+                       download=download)
+    dataset.targets = [int(y) for y in dataset.labels]
+    return dataset
+
+
+def _imagefolder(root: Path, split: str, transform: Callable | None, download: bool,
+                 skip_corrupt: bool, *_) -> Dataset:
+    if download:
+        raise ValueError("imagefolder: no download exists; copy the ImageNet-layout folders "
+                         f"(train/<class>/*, val/<class>/*) under {root}")
+    if not (root / split).is_dir():
+        raise FileNotFoundError(f"imagefolder: {root / split} not found; copy the ImageNet-layout folders "
+                                f"(train/<class>/*, val/<class>/*) under {root} manually (no download exists).")
+    corrupt: list[str] = []
+
+    def readable(path: str) -> bool:  # header check only, so skipping stays affordable at ImageNet scale
+        if not path.lower().endswith(IMG_EXTENSIONS):
+            return False
+        try:
+            image_size(Path(path), verify=False)
+            return True
+        except CorruptImageError as exc:
+            corrupt.append(str(exc))
+            return False
+
+    dataset = tv.ImageFolder(str(root / split), transform=transform,
+                             is_valid_file=readable if skip_corrupt else None)
+    if corrupt:
+        logger.warning("imagefolder: skipped %d unreadable image file(s) under %s; first: %s",
+                       len(corrupt), root / split, corrupt[0])
+    return dataset
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to build a dataset; ``num_classes`` None means: count the class folders of the root."""
+
+    build: Callable[..., Dataset]
+    normalization: Stats
+    num_classes: int | None
+    splits: tuple[str, ...] = ("train", "val")
+    pretrain_split: str = "train"
+    has_masks: bool = False
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "shapes": DatasetSpec(_shapes, SHAPES_STATS, len(shapes.CLASSES), has_masks=True),
+    "fashion_mnist": DatasetSpec(_fashion_mnist, FASHION_MNIST_STATS, len(fashion_mnist.CLASSES)),
+    "cifar10": DatasetSpec(_cifar(tv.CIFAR10, "cifar-10-batches-py"), CIFAR10_STATS, 10),
+    "cifar100": DatasetSpec(_cifar(tv.CIFAR100, "cifar-100-python"), CIFAR100_STATS, 100),
+    "stl10": DatasetSpec(_stl10, IMAGENET_STATS, 10, ("train", "val", "unlabeled", "train+unlabeled"),
+                         pretrain_split="unlabeled"),
+    "imagefolder": DatasetSpec(_imagefolder, IMAGENET_STATS, None),
+}
+NORMALIZATION: dict[str, Stats] = {name: spec.normalization for name, spec in DATASETS.items()}
+
+
+def spec(name: str) -> DatasetSpec:
+    """The registry entry of ``name``; ValueError listing the allowed names otherwise."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+def num_classes(name: str, root: str | os.PathLike | None = None) -> int:
+    """Number of classes; ``imagefolder`` counts the class folders of ``root/train``."""
+    count = spec(name).num_classes
+    if count is not None:
+        return count
+    if root is None:
+        raise ValueError(f"{name}: num_classes needs the dataset root (classes are the folders of root/train)")
+    return len(find_classes(str(Path(root) / "train"))[0])
+
+
+class EvalTransform(T.Compose):
+    """Resize(int(image_size * 256/224), bicubic) -> CenterCrop(image_size) -> ToTensor -> Normalize.
+
+    PIL RGB -> float tensor (3, image_size, image_size); ``.image_size`` is kept for the masks."""
+
+    def __init__(self, name: str, image_size: int) -> None:
+        mean, std = spec(name).normalization
+        super().__init__([T.Resize(int(image_size * RESIZE_RATIO), interpolation=T.InterpolationMode.BICUBIC),
+                          T.CenterCrop(image_size), T.ToTensor(), T.Normalize(mean, std)])
+        self.image_size = image_size
+
+
+def eval_transform(name: str, image_size: int) -> EvalTransform:
+    """The deterministic evaluation transform of dataset ``name`` (see :class:`EvalTransform`)."""
+    return EvalTransform(name, image_size)
+
+
+def mask_transform(image_size: int) -> Callable:
+    """PIL L mask -> bool tensor (image_size, image_size): the eval resize (nearest) + center crop."""
+    return T.Compose([T.Resize(int(image_size * RESIZE_RATIO), interpolation=T.InterpolationMode.NEAREST),
+                      T.CenterCrop(image_size), mask_to_tensor])
+
+
+class LimitedDataset(Dataset):
+    """The first ``limit`` samples of a class-balanced round robin (class order kept), in index order."""
+
+    def __init__(self, dataset: Dataset, limit: int) -> None:
+        seen: Counter = Counter()
+        rank = []
+        for index, label in enumerate(dataset.targets):
+            rank.append((seen[label], label, index))
+            seen[label] += 1
+        self.dataset = dataset
+        self.indices = sorted(index for _, _, index in sorted(rank)[:limit])
+        self.targets = [dataset.targets[i] for i in self.indices]
+        self.classes = dataset.classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple:
+        return self.dataset[self.indices[index]]
+
+
+def build_dataset(name: str, root: str | os.PathLike, split: str, transform: Callable | None = None, *,
+                  download: bool = False, skip_corrupt: bool = False, with_masks: bool = False,
+                  limit: int | None = None, mask_size: int | None = None) -> Dataset:
+    """Dataset ``name`` at ``root``: items ``(transform(PIL RGB), label)`` or, with ``with_masks``,
+    ``(image, label, mask)``. The mask (bool, (S, S)) gets the eval resize + center crop with
+    S = ``mask_size`` or ``transform.image_size`` (an :class:`EvalTransform`); without either it keeps
+    the image's native size. ``limit`` keeps a class-balanced subset of that many samples.
+    """
+    entry = spec(name)
+    if split not in entry.splits:
+        raise ValueError(f"{name}: unknown split {split!r}; allowed: {', '.join(entry.splits)}")
+    if with_masks and not entry.has_masks:
+        with_mask_names = ", ".join(n for n, s in DATASETS.items() if s.has_masks)
+        raise ValueError(f"{name} has no masks; with_masks=True needs one of: {with_mask_names}")
+    size = mask_size if mask_size is not None else getattr(transform, "image_size", None)
+    masks = (mask_transform(size) if size is not None else mask_to_tensor) if with_masks else None
+    root = fashion_mnist.resolve_root(root) if name == "fashion_mnist" else Path(root)
+    dataset = entry.build(root, split, transform, download, skip_corrupt, masks)
+    if len(dataset) == 0:
+        raise ValueError(f"{name}: the {split} split under {root} holds no samples")
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1 or None, got {limit}")
+        if limit < len(dataset):
+            dataset = LimitedDataset(dataset, limit)
+    logger.info("%s/%s: %d samples, %d classes from %s", name, split, len(dataset), len(dataset.classes), root)
+    return dataset
+
+
+def channel_stats(name: str, root: str | os.PathLike, split: str = "train", limit: int | None = None) -> Stats:
+    """Per-channel (mean, std) in [0, 1] over the (``limit``-ed) images of a split, rounded to 4 digits."""
+    dataset = build_dataset(name, root, split, T.ToTensor(), limit=limit)
+    total, total_sq, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
+    for index in range(len(dataset)):
+        pixels = dataset[index][0].double().flatten(1)
+        total, total_sq, count = total + pixels.sum(1), total_sq + (pixels ** 2).sum(1), count + pixels.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean ** 2).sqrt()
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())

@@ -1,0 +1,168 @@
+"""Loading backbones from our and the official DINO checkpoints, and the evaluation entry point.
+
+Accepted files (``torch.load``):
+* a bare backbone state dict (official ``dino_deitsmall16_pretrain.pth``: ``cls_token``,
+  ``pos_embed``, ``blocks.0.attn.qkv.weight``, ...);
+* a training checkpoint ``{"teacher": sd, "student": sd, ...}`` (official ``checkpoint.pth`` or
+  ours) whose keys carry ``module.`` (DDP), ``_orig_mod.`` (torch.compile) and/or ``backbone.``
+  prefixes; ``head.*`` keys are dropped. ``checkpoint_key`` picks the entry (teacher by default).
+The model is built with the checkpoint's position-embedding grid (img_size = side * patch), so
+the strict load always matches; other input sizes use the ViT's bicubic pos-embed interpolation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..config import EvalConfig
+from ..vit import ARCHS, VisionTransformer, build_vit
+from .attention import attention_jaccard
+from .collapse import collapse_verdict, feature_metrics
+from .features import extract_features
+from .knn import knn_classify
+from .linear import train_linear
+
+log = logging.getLogger(__name__)
+
+PREFIXES = ("module.", "_orig_mod.", "backbone.")
+
+
+def _few(keys: set[str] | list[str], n: int = 5) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else f" ({len(keys)})")
+
+
+def backbone_state_dict(obj: Any, checkpoint_key: str | None = "teacher",
+                        where: str = "checkpoint") -> dict[str, Tensor]:
+    """Pick the backbone state dict out of a loaded checkpoint and strip its prefixes."""
+    if not isinstance(obj, dict):
+        raise TypeError(f"{where}: expected a dict (state dict or checkpoint), got {type(obj).__name__}")
+    if obj and all(isinstance(v, Tensor) for v in obj.values()):
+        sd = obj                                   # bare backbone file: checkpoint_key unused
+    elif checkpoint_key is not None and isinstance(obj.get(checkpoint_key), dict):
+        sd = obj[checkpoint_key]
+    else:
+        raise KeyError(f"{where}: checkpoint_key {checkpoint_key!r} not found; available keys: {sorted(obj)}")
+    out = {}
+    for k, v in sd.items():
+        while k.startswith(PREFIXES):
+            k = k.split(".", 1)[1]
+        if not k.startswith("head.") and isinstance(v, Tensor):
+            out[k] = v
+    return out
+
+
+def infer_arch(sd: dict[str, Tensor]) -> dict[str, Any]:
+    """embed_dim, depth, patch_size and img_size from the weights; num_heads cannot be read from
+    them, so it is a guess from the standard sizes (ARCHS) or None; arch likewise."""
+    info: dict[str, Any] = {"embed_dim": None, "depth": None, "patch_size": None, "img_size": None}
+    if "patch_embed.proj.weight" in sd:
+        w = sd["patch_embed.proj.weight"]            # (D, 3, p, p)
+        info["embed_dim"], info["patch_size"] = int(w.shape[0]), int(w.shape[-1])
+    blocks = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.")}
+    info["depth"] = max(blocks) + 1 if blocks else None
+    if "pos_embed" in sd and info["patch_size"]:
+        side = math.isqrt(sd["pos_embed"].shape[1] - 1)
+        if side * side != sd["pos_embed"].shape[1] - 1:
+            raise ValueError(f"pos_embed has {sd['pos_embed'].shape[1] - 1} patches: not a square grid")
+        info["img_size"] = side * info["patch_size"]
+    match = [a for a, (d, n, _) in ARCHS.items() if (d, n) == (info["embed_dim"], info["depth"])]
+    info["arch"] = match[0] if match else "vit_custom"
+    info["num_heads"] = ARCHS[match[0]][2] if match else None
+    return info
+
+
+def load_backbone(path: str | Path, arch: str = "vit_small", patch_size: int = 16, *, embed_dim: int = 192,
+                  depth: int = 12, num_heads: int = 3, checkpoint_key: str | None = "teacher",
+                  attn_impl: str = "auto", weights_only: bool = True) -> VisionTransformer:
+    """Build ``arch``/``patch_size`` (embed_dim/depth/num_heads for vit_custom) and load the
+    checkpoint's backbone strictly. Errors name the path, the mismatching sizes or keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):    # official files store `args`
+            obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: not loadable with weights_only=True (it pickles more than tensors and "
+                         f"plain containers); pass weights_only=False only for a file you trust. {e}") from e
+    sd = backbone_state_dict(obj, checkpoint_key, str(path))
+    info = infer_arch(sd)
+    want = {"embed_dim": ARCHS[arch][0] if arch in ARCHS else embed_dim,
+            "depth": ARCHS[arch][1] if arch in ARCHS else depth, "patch_size": patch_size}
+    bad = {k: (info[k], v) for k, v in want.items() if info[k] is not None and info[k] != v}
+    if bad:
+        raise ValueError(f"{path}: checkpoint does not fit {arch}/{patch_size}: "
+                         + ", ".join(f"{k} is {c} in the checkpoint, {v} requested" for k, (c, v) in bad.items()))
+    model = build_vit(arch, patch_size, info["img_size"] or 224, embed_dim, depth, num_heads, 0.0, attn_impl)
+    expected = set(model.state_dict())
+    missing, unexpected = expected - set(sd), set(sd) - expected
+    if missing or unexpected:
+        raise KeyError(f"{path} (checkpoint_key {checkpoint_key!r}) does not match {arch}/{patch_size}: "
+                       f"missing keys: {_few(missing) if missing else 'none'}; "
+                       f"unexpected keys: {_few(unexpected) if unexpected else 'none'}")
+    model.load_state_dict(sd, strict=True)
+    log.info("loaded %s (%s) into %s/%d, pos-embed grid for %d px", path, checkpoint_key, arch, patch_size,
+             info["img_size"] or 224)
+    return model.eval()
+
+
+def write_json_atomic(obj: dict[str, Any], path: str | Path) -> Path:
+    """json.dump to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate_checkpoint(ckpt_path: str | Path, train_loader: Any, val_loader: Any, cfg: EvalConfig, *,
+                        arch: str = "vit_small", patch_size: int = 16, embed_dim: int = 192, depth: int = 12,
+                        num_heads: int = 3, checkpoint_key: str | None = "teacher", mask_loader: Any = None,
+                        out_json: str | Path | None = None, device: str | torch.device | None = None,
+                        precision: str = "fp32") -> dict[str, Any]:
+    """k-NN (cfg.knn_k, cfg.knn_temp), backbone collapse stats on val features, linear probe if
+    cfg.linear_epochs > 0, attention Jaccard if ``mask_loader``; one JSON written atomically
+    (rank 0 only under DDP). cfg.batch_size is the loaders' business (they are given)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_backbone(ckpt_path, arch, patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                          checkpoint_key=checkpoint_key)
+    ex = {"precision": precision, "device": device}
+    tr_f, tr_y = extract_features(model, train_loader, **ex)
+    va_f, va_y = extract_features(model, val_loader, **ex)
+    for name, y in (("train", tr_y), ("val", va_y)):
+        if y is None or bool((y < 0).any()):
+            raise ValueError(f"k-NN needs labels, but the {name} dataset yields unlabelled items "
+                             "(expected (image, label) with label >= 0)")
+    m: dict[str, Any] = {"checkpoint": str(ckpt_path), "checkpoint_key": checkpoint_key, "arch": arch,
+                         "patch_size": patch_size, "n_train": len(tr_f), "n_val": len(va_f)}
+    m.update(knn_classify(tr_f.to(device), tr_y, va_f.to(device), va_y, cfg.knn_k, cfg.knn_temp))
+    m.update(feature_metrics(va_f))
+    m["collapsed"], m["collapse_reason"] = collapse_verdict(m)
+    if cfg.linear_epochs > 0:
+        if (cfg.n_last_blocks, cfg.avgpool_patchtokens) != (1, False):
+            ex.update(n_last_blocks=cfg.n_last_blocks, avgpool=cfg.avgpool_patchtokens)
+            tr_f, _ = extract_features(model, train_loader, **ex)
+            va_f, _ = extract_features(model, val_loader, **ex)
+        m.update(train_linear(tr_f, tr_y, va_f, va_y, epochs=cfg.linear_epochs, base_lr=cfg.linear_lr,
+                              batch_size=cfg.linear_batch_size, device=device))
+    if mask_loader is not None:
+        m.update(attention_jaccard(model, mask_loader, cfg.attn_threshold, device))
+    if out_json is not None and (not dist.is_initialized() or dist.get_rank() == 0):
+        write_json_atomic(m, out_json)
+        log.info("wrote %s", out_json)
+    return m

@@ -1,0 +1,214 @@
+"""Self-distillation with no labels: the training loop (Algorithm 1 of the paper).
+
+One step: teacher on the 2 global views, student on all views, DINO loss, backward,
+per-parameter gradient clipping, last-layer freezing, optimiser step, teacher update.
+Schedules (lr, wd, momentum) are per-step arrays; tau_t is per epoch.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from . import distributed as D
+from .checkpoint import atomic_write_json, load_checkpoint, save_checkpoint, truncate_log
+from .config import Config, save_config
+from .head import DINOHead, MultiCropWrapper
+from .loss import DINOLoss
+from .multicrop import MultiCropAugmentation, MultiCropDataset, n_crops
+from .optim import Schedules, build_optimizer, cancel_last_layer_grads, clip_gradients, peak_memory_mb
+from .teacher import Teacher
+from .vit import build_vit
+
+log = logging.getLogger(__name__)
+
+
+def build_network(cfg: Config, student: bool) -> MultiCropWrapper:
+    """Student (drop path, optional predictor) or teacher (neither) backbone + head."""
+    m, h = cfg.model, cfg.head
+    backbone = build_vit(m.arch, m.patch_size, cfg.crops.global_size, m.embed_dim, m.depth, m.num_heads,
+                         m.drop_path_rate if student else 0.0, m.attn_impl)
+    head = DINOHead(backbone.embed_dim, h.out_dim, h.use_bn, h.norm_last_layer, h.nlayers, h.hidden_dim,
+                    h.bottleneck_dim, predictor=h.predictor and student)
+    return MultiCropWrapper(backbone, head)
+
+
+def build_loss(cfg: Config) -> DINOLoss:
+    from .schedules import teacher_temp_schedule
+    lc = cfg.loss
+    temps = teacher_temp_schedule(lc.warmup_teacher_temp, lc.teacher_temp, lc.warmup_teacher_temp_epochs,
+                                  cfg.train.epochs)
+    return DINOLoss(cfg.head.out_dim, n_crops(cfg.crops), temps, lc.student_temp, lc.kind, lc.normalization,
+                    lc.sharpening, lc.center_momentum, lc.sk_iters, lc.queue_size, lc.infonce_temp)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@dataclass
+class Run:
+    """Everything the step needs, built once."""
+    cfg: Config
+    device: torch.device
+    student: nn.Module            # DDP-wrapped when distributed
+    student_mod: MultiCropWrapper
+    teacher_net: MultiCropWrapper
+    teacher: Teacher
+    loss: DINOLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    sched: Schedules
+    loader: DataLoader
+
+
+def setup(cfg: Config, dataset: Dataset, mean, std) -> Run:
+    device = resolve_device(cfg.train.device)
+    D.init_distributed(device.type)
+    torch.manual_seed(cfg.train.seed)   # identical initial weights on every process
+    student_mod, teacher_net = build_network(cfg, True).to(device), build_network(cfg, False).to(device)
+    teacher = Teacher(teacher_net, student_mod, cfg.teacher.variant)
+    student = student_mod
+    if torch.distributed.is_initialized():
+        student = nn.parallel.DistributedDataParallel(student_mod, device_ids=[device.index] if device.type == "cuda" else None)
+    data = MultiCropDataset(dataset, MultiCropAugmentation(cfg.crops, mean, std), cfg.train.seed)
+    # One sampler for every world size: rank r of W takes perm[r::W], so W processes with batch B
+    # see exactly the samples one process with batch W*B sees (DDP equivalence).
+    sampler = DistributedSampler(data, num_replicas=D.world_size(), rank=torch.distributed.get_rank()
+                                 if torch.distributed.is_initialized() else 0, shuffle=True,
+                                 seed=cfg.train.seed, drop_last=True)
+    loader = DataLoader(data, batch_size=cfg.optim.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+    if len(loader) == 0:
+        raise ValueError(f"optim.batch_size {cfg.optim.batch_size} x {D.world_size()} processes exceeds "
+                         f"the dataset size {len(dataset)}: no full batch")
+    optimizer = build_optimizer(cfg.optim, student_mod, device)
+    scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
+    sched = Schedules.build(cfg, len(loader), D.world_size())
+    return Run(cfg, device, student, student_mod, teacher_net, teacher, build_loss(cfg).to(device),
+               optimizer, scaler, sched, loader)
+
+
+def train_step(run: Run, crops: list[torch.Tensor], it: int, epoch: int) -> tuple[torch.Tensor, dict]:
+    cfg, opt = run.cfg, run.optimizer
+    for i, g in enumerate(opt.param_groups):
+        g["lr"] = run.sched.lr[it]
+        if i == 0:   # only the regularised group follows the weight-decay schedule
+            g["weight_decay"] = run.sched.wd[it]
+    with autocast(run.device, cfg.train.precision):
+        with torch.no_grad():
+            t_out = run.teacher_net(crops[:2])
+        s_out = run.student(crops)
+    loss, stats = run.loss(s_out, t_out, epoch)
+    opt.zero_grad(set_to_none=True)
+    (run.scaler.scale(loss) if run.scaler else loss).backward()
+    if run.scaler:
+        run.scaler.unscale_(opt)
+    clip_gradients(run.student_mod, cfg.optim.clip_grad)
+    cancel_last_layer_grads(run.student_mod, epoch, cfg.head.freeze_last_layer)
+    run.teacher.before_step()
+    if run.scaler:
+        run.scaler.step(opt)
+        run.scaler.update()
+    else:
+        opt.step()
+    run.teacher.after_step(float(run.sched.momentum[it]))
+    return loss.detach(), stats
+
+
+def train_one_epoch(run: Run, epoch: int, t0: float, start_epoch: int) -> dict:
+    """Returns the epoch's mean stats, or {'diverged': ...} on a non-finite loss."""
+    cfg, n = run.cfg, len(run.loader)
+    run.loader.sampler.set_epoch(epoch)
+    run.loader.dataset.set_epoch(epoch)
+    torch.manual_seed(cfg.train.seed * 1000 + epoch)   # drop-path draws: fixed per epoch for resume
+    sums: dict[str, torch.Tensor] = {}
+    last_finite = float("nan")
+    for i, (crops, _) in enumerate(run.loader):
+        it = epoch * n + i
+        crops = [c.to(run.device, non_blocking=True) for c in crops]
+        loss, stats = run_step_checked(run, crops, it, epoch)
+        if loss is None:
+            return {"diverged": True, "epoch": epoch, "step": i, "last_finite_loss": last_finite}
+        last_finite = float(loss)
+        for k, v in {"loss": loss, **stats}.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float()
+        if D.is_main() and ((i + 1) % cfg.train.log_every == 0 or i + 1 == n):
+            done = (epoch - start_epoch) * n + i + 1
+            eta = (time.time() - t0) / done * ((cfg.train.epochs - start_epoch) * n - done)
+            log.info("epoch %d/%d step %d/%d loss %.4f (%.3f ln K) H(Pt) %.3f KL %.4f lr %.2e ETA %.0fs",
+                     epoch + 1, cfg.train.epochs, i + 1, n, float(loss), float(loss) / math.log(cfg.head.out_dim),
+                     float(stats["teacher_entropy"]), float(stats["kl"]), run.sched.lr[it], eta)
+    means = {k: float(D.all_reduce_sum(v.reshape(1)) / (n * D.world_size())) for k, v in sums.items()}
+    it_last = (epoch + 1) * n - 1
+    means.update(lr=float(run.sched.lr[it_last]), wd=float(run.sched.wd[it_last]),
+                 momentum=float(run.sched.momentum[it_last]),
+                 teacher_temp=float(run.loss.teacher_temps[epoch]))
+    return means
+
+
+def run_step_checked(run: Run, crops, it: int, epoch: int):
+    loss, stats = train_step(run, crops, it, epoch)
+    finite = torch.isfinite(loss).float().reshape(1)
+    if float(D.all_reduce_sum(finite)) < D.world_size():   # every process stops together
+        return None, None
+    return loss, stats
+
+
+def train(cfg: Config, out_dir: str | Path, dataset: Dataset, mean, std) -> dict:
+    """Pre-train DINO on `dataset` (items (PIL image, label)); resumes from out_dir/checkpoint.pth.
+
+    Writes (rank 0 only) config.yaml, log.jsonl (one line per epoch) and metrics.json, whose
+    `status` is "ok" or "diverged" (a non-finite loss stops the run cleanly).
+    """
+    out_dir = Path(out_dir)
+    run = setup(cfg, dataset, mean, std)
+    ckpt = dict(student=run.student_mod, teacher=run.teacher_net, optimizer=run.optimizer,
+                dino_loss=run.loss, scaler=run.scaler)
+    start = load_checkpoint(out_dir, **ckpt)
+    logfile = out_dir / "log.jsonl"
+    if D.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+        truncate_log(logfile, start)
+    if start:
+        log.info("resumed from %s at epoch %d", out_dir / "checkpoint.pth", start)
+    t0, status, result = time.time(), "ok", {}
+    for epoch in range(start, cfg.train.epochs):
+        te = time.time()
+        result = train_one_epoch(run, epoch, t0, start)
+        if result.get("diverged"):
+            status = "diverged"
+            log.error("non-finite loss at epoch %d step %d (last finite loss %.4f): run stopped",
+                      epoch, result["step"], result["last_finite_loss"])
+            break
+        run.teacher.end_of_epoch()
+        result.update(epoch=epoch, epoch_time_s=time.time() - te, peak_mem_mb=peak_memory_mb(run.device))
+        if D.is_main():
+            with open(logfile, "a") as fh:
+                fh.write(json.dumps(result) + "\n")
+            if (epoch + 1) % cfg.train.saveckp_freq == 0 or epoch + 1 == cfg.train.epochs:
+                save_checkpoint(out_dir, **ckpt, epoch=epoch + 1, config=cfg.to_dict())
+        D.barrier()
+    metrics = {"status": status, "ln_k": math.log(cfg.head.out_dim), "wall_time_s": time.time() - t0,
+               "world_size": D.world_size(), **{f"final_{k}": v for k, v in result.items()}}
+    if D.is_main():
+        atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics
