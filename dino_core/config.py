@@ -111,7 +111,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = _f(1, INF)
-    precision: str = _f(choices=("fp32", "bf16", "fp16"))
+    precision: str = _f(choices=("auto", "fp32", "bf16", "fp16"))   # auto: see train.resolve_precision
     seed: int = _f(0, INF)
     saveckp_freq: int = _f(1, INF)
     device: str = _f(choices=("auto", "cpu", "cuda"))

@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -56,6 +57,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto: bf16 on GPUs that support it (else fp16); on CPU bf16 only with native bf16 matmul
+    (AMX / AVX512-BF16): elsewhere the bf16 CPU matmul is ~50x slower than fp32 (README, perf)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "fp32"
+
+
 def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -74,6 +89,7 @@ class Run:
     loss: DINOLoss
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
+    precision: str
     sched: Schedules
     loader: DataLoader
 
@@ -100,10 +116,11 @@ def setup(cfg: Config, dataset: Dataset, mean, std) -> Run:
         raise ValueError(f"optim.batch_size {cfg.optim.batch_size} x {D.world_size()} processes exceeds "
                          f"the dataset size {len(dataset)}: no full batch")
     optimizer = build_optimizer(cfg.optim, student_mod, device)
-    scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
+    precision = resolve_precision(cfg.train.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     sched = Schedules.build(cfg, len(loader), D.world_size())
     return Run(cfg, device, student, student_mod, teacher_net, teacher, build_loss(cfg).to(device),
-               optimizer, scaler, sched, loader)
+               optimizer, scaler, precision, sched, loader)
 
 
 def train_step(run: Run, crops: list[torch.Tensor], it: int, epoch: int) -> tuple[torch.Tensor, dict]:
@@ -112,7 +129,7 @@ def train_step(run: Run, crops: list[torch.Tensor], it: int, epoch: int) -> tupl
         g["lr"] = run.sched.lr[it]
         if i == 0:   # only the regularised group follows the weight-decay schedule
             g["weight_decay"] = run.sched.wd[it]
-    with autocast(run.device, cfg.train.precision):
+    with autocast(run.device, run.precision):
         with torch.no_grad():
             t_out = run.teacher_net(crops[:2])
         s_out = run.student(crops)
@@ -172,11 +189,13 @@ def run_step_checked(run: Run, crops, it: int, epoch: int):
     return loss, stats
 
 
-def train(cfg: Config, out_dir: str | Path, dataset: Dataset, mean, std) -> dict:
+def train(cfg: Config, out_dir: str | Path, dataset: Dataset, mean, std,
+          on_epoch_end: Callable[[int, dict, Run], bool | None] | None = None) -> dict:
     """Pre-train DINO on `dataset` (items (PIL image, label)); resumes from out_dir/checkpoint.pth.
 
     Writes (rank 0 only) config.yaml, log.jsonl (one line per epoch) and metrics.json, whose
-    `status` is "ok" or "diverged" (a non-finite loss stops the run cleanly).
+    `status` is "ok", "diverged" (a non-finite loss stops the run cleanly) or "stopped"
+    (`on_epoch_end(epoch, epoch_stats, run)` returned False, e.g. a pruned tuning trial).
     """
     out_dir = Path(out_dir)
     run = setup(cfg, dataset, mean, std)
@@ -207,6 +226,9 @@ def train(cfg: Config, out_dir: str | Path, dataset: Dataset, mean, std) -> dict
             if (epoch + 1) % cfg.train.saveckp_freq == 0 or epoch + 1 == cfg.train.epochs:
                 save_checkpoint(out_dir, **ckpt, epoch=epoch + 1, config=cfg.to_dict())
         D.barrier()
+        if on_epoch_end is not None and on_epoch_end(epoch, result, run) is False:
+            status = "stopped"
+            break
     metrics = {"status": status, "ln_k": math.log(cfg.head.out_dim), "wall_time_s": time.time() - t0,
                "world_size": D.world_size(), **{f"final_{k}": v for k, v in result.items()}}
     if D.is_main():

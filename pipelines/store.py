@@ -1,0 +1,40 @@
+"""The run store: one directory per grid cell, named by the hash of its resolved config.
+
+runs/cells/<hash>/ holds config.yaml, log.jsonl, checkpoint.pth, metrics.json (training),
+eval.json (evaluation) and DONE, written last and atomically: a cell without DONE is
+unfinished (it resumes from its checkpoint), never read as finished. Identical cells of
+different studies share one directory and run once. Launcher settings are not part of the
+hash, so moving from the laptop to a cluster never changes a cell's identity.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from dino_core.checkpoint import atomic_write_json
+from dino_core.config import Config
+
+DONE = "DONE"
+
+
+def cell_hash(cfg: Config) -> str:
+    """sha256 of the canonical JSON of the resolved config (the seed is train.seed), 16 hex."""
+    blob = json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cell_dir(store: Path, cfg: Config) -> Path:
+    return Path(store) / "cells" / cell_hash(cfg)
+
+
+def is_done(path: Path) -> bool:
+    return (Path(path) / DONE).is_file()
+
+
+def mark_done(path: Path, summary: dict) -> None:
+    atomic_write_json(Path(path) / DONE, summary)
+
+
+def read_done(path: Path) -> dict:
+    return json.loads((Path(path) / DONE).read_text())
