@@ -192,7 +192,8 @@ def _check(key: str, value: Any, typ: Any, meta: dict) -> Any:
         elem = args[0]
         out = tuple(_check(f"{key}[{i}]", v, elem, meta) for i, v in enumerate(value))
         if n == 2 and elem is float and "scale" in key and out[0] > out[1]:
-            raise ValueError(f"{key}: lower bound {out[0]} > upper bound {out[1]}")
+            raise ValueError(f"{key}: lower bound {out[0]} > upper bound {out[1]} in {list(value)!r}; "
+                             f"allowed: [lower, upper] with lower <= upper, each in [{meta['lo']}, {meta['hi']}]")
         return out
     if typ is bool:
         if not isinstance(value, bool):
@@ -212,7 +213,7 @@ def _check(key: str, value: Any, typ: Any, meta: dict) -> Any:
         raise ValueError(f"{key}: {value!r} is not allowed; allowed: {list(choices)}")
     if lo is not None:
         low_bad = value <= lo if meta.get("open_lo") else value < lo
-        if low_bad or value > hi:
+        if low_bad or value > hi or value != value:   # value != value: NaN passes both comparisons
             lb = "(" if meta.get("open_lo") else "["
             raise ValueError(f"{key}: {value!r} is out of range {lb}{lo}, {hi}]")
     return value

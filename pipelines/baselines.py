@@ -1,0 +1,32 @@
+"""Reference points for k-NN: the same architecture at random init, and raw pixels.
+
+A DINO that learns must beat both (issue: "k-NN vs random init"); a collapsed one does not.
+"""
+from __future__ import annotations
+
+import torch
+
+from dino_core.config import Config
+from dino_core.evaluate.knn import knn_classify
+from dino_core.train import build_network, resolve_device
+
+from .cell import eval_loaders, knn_of
+
+
+def random_init_knn(cfg: Config) -> dict:
+    """k-NN of the teacher backbone as initialised with cfg.train.seed (no training)."""
+    torch.manual_seed(cfg.train.seed)
+    net = build_network(cfg, False)
+    train_loader, val_loader = eval_loaders(cfg)
+    return knn_of(net.backbone, cfg, train_loader, val_loader, resolve_device(cfg.train.device))
+
+
+def raw_pixel_knn(cfg: Config) -> dict:
+    """k-NN on the normalised, eval-transformed pixels (flattened)."""
+    train_loader, val_loader = eval_loaders(cfg)
+
+    def flat(loader):
+        xs, ys = zip(*[(x.flatten(1), y) for x, y in loader])
+        return torch.cat(xs), torch.cat(ys)
+    (ftr, ltr), (fva, lva) = flat(train_loader), flat(val_loader)
+    return knn_classify(ftr, ltr, fva, lva, ks=cfg.eval.knn_k, T=cfg.eval.knn_temp)

@@ -1,0 +1,126 @@
+"""Stage `evaluate`: gather the evaluation of every grid cell, plus the reference points.
+
+Each cell already evaluated itself in its job (k-NN, collapse metrics, Jaccard: eval.json);
+this stage collects them into results/cells.csv and results/curves.csv, computes the k-NN of
+random-init features and raw pixels for the default configuration, draws the default model's
+attention maps, and exports its checkpoint (models/default.pth, DVC-cached).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+import dino_core
+from dino_core.checkpoint import CHECKPOINT, atomic_write_json, atomic_write_text
+from dino_core.config import Config, merge
+from dino_core.data.registry import NORMALIZATION, build_dataset, eval_transform, spec
+from dino_core.evaluate.attention import attention_jaccard, save_attention_overlays
+
+from .baselines import random_init_knn, raw_pixel_knn
+from .cell import load_networks
+from .grid import plan
+from .params import ROOT, grid_cells, load_all, resolve_profile
+from .store import cell_dir, is_done, read_done
+
+log = logging.getLogger(__name__)
+N_OVERLAYS = 4
+
+
+def collect(table: pd.DataFrame, store: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cells: one row per study,row,seed with DONE metrics; curves: one row per epoch)."""
+    cells, curves = [], []
+    for r in table.itertuples(index=False):
+        path = store / "cells" / r.cell
+        base = {"study": r.study, "row": r.row, "seed": r.seed, "cell": r.cell}
+        if not is_done(path):
+            cells.append({**base, "status": "missing"})
+            continue
+        log_df = pd.read_json(path / "log.jsonl", lines=True) if (path / "log.jsonl").stat().st_size else None
+        extra = {}
+        if log_df is not None and len(log_df):
+            extra = {"epoch_time_s": log_df.epoch_time_s.mean(), "peak_mem_mb": log_df.peak_mem_mb.max(),
+                     "final_loss": log_df.loss.iloc[-1]}
+            curves += [{**base, **row} for row in log_df.to_dict("records")]
+        cells.append({**base, **read_done(path), **extra, "cell": r.cell})
+    return pd.DataFrame(cells), pd.DataFrame(curves)
+
+
+def default_config(params: dict) -> Config:
+    seed = params["grid"]["seeds"][0]
+    return Config.from_dict(merge(resolve_profile(params), {"train": {"seed": seed}}))
+
+
+def attention_of_default(cfg: Config, cell: Path, out: Path) -> dict:
+    """Overlays of a few val images and the Jaccard of the 60%-mass masks (datasets with masks)."""
+    _, teacher, _ = load_networks(cfg, cell)
+    tf = eval_transform(cfg.data.dataset, cfg.data.image_size)
+    has_masks = spec(cfg.data.dataset).has_masks
+    val = build_dataset(cfg.data.dataset, cfg.data.root, "val", tf, with_masks=has_masks,
+                        limit=cfg.data.num_val or None)
+    images = torch.stack([val[i][0] for i in range(N_OVERLAYS)])
+    save_attention_overlays(teacher.backbone, images, out, cfg.eval.attn_threshold, *NORMALIZATION[cfg.data.dataset])
+    if not has_masks:
+        return {}
+    loader = DataLoader(val, batch_size=cfg.eval.batch_size)
+    return attention_jaccard(teacher.backbone, loader, cfg.eval.attn_threshold)
+
+
+def environment(params: dict, cells: pd.DataFrame) -> dict:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        sha = ""
+    return {"git_sha": sha, "torch": torch.__version__, "python": platform.python_version(),
+            "device": "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
+            "profile": params.get("profile", "default"), "seeds": params["grid"]["seeds"],
+            "cells_wall_time_s": float(cells.drop_duplicates("cell").wall_time_s.sum()),
+            "dino_core": str(Path(dino_core.__file__).parent.relative_to(ROOT))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--results", default=str(ROOT / "results"))
+    ap.add_argument("--models", default=str(ROOT / "models"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    params, results = load_all(args.params), Path(args.results)
+    store = ROOT / params["grid"]["store"]
+    table, _ = plan(grid_cells(params), store)
+    cells, curves = collect(table, store)
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(results / "cells.csv", cells.to_csv(index=False))
+    atomic_write_text(results / "curves.csv", curves.to_csv(index=False))
+    cfg = default_config(params)
+    default_cell = cell_dir(store, cfg)
+    if not is_done(default_cell):
+        raise SystemExit(f"the default cell {default_cell} has not finished: run the pretrain stage first")
+    atomic_write_json(results / "baselines.json", {"random_init": random_init_knn(cfg), "raw_pixels": raw_pixel_knn(cfg)})
+    shutil.rmtree(results / "attention", ignore_errors=True)
+    att = attention_of_default(cfg, default_cell, results / "attention")
+    atomic_write_json(results / "attention" / "attention.json", att)
+    atomic_write_json(results / "env.json", environment(params, cells))
+    # `dvc metrics show`: the default configuration, mean over seeds
+    seeds = params["grid"]["seeds"]
+    hashes = {cell_dir(store, cfg.replace("train", seed=s)).name for s in seeds}
+    default_rows = cells[cells.cell.isin(hashes)].drop_duplicates("cell")
+    summary = default_rows.mean(numeric_only=True).drop(["seed"], errors="ignore").round(4)
+    atomic_write_json(results / "metrics.json", {"default": json.loads(summary.to_json()),
+                                                 "n_seeds": int(len(default_rows))})
+    models = Path(args.models)
+    models.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(default_cell / CHECKPOINT, models / "default.pth")
+
+
+if __name__ == "__main__":
+    main()

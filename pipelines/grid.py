@@ -1,0 +1,82 @@
+"""Stage `pretrain`: run every cell of every study in params.yaml `grid` (train + evaluate).
+
+Cells are identified by the hash of their resolved config; identical cells of several studies
+run once; finished cells (DONE) are reused; unfinished ones resume from their checkpoint. The
+cells go out through the submitit launcher (launch.yaml: local processes, SLURM job array or
+in-process); the launcher is not part of any cell's identity. Output: results/grid.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from dino_core.checkpoint import atomic_write_text
+from dino_core.config import Config
+
+from .cell import run_cell
+from .launch import CellFailed, load_launch_config, run_cells
+from .params import ROOT, Cell, grid_cells, load_all
+from .store import cell_dir, is_done, read_done
+
+log = logging.getLogger(__name__)
+
+
+def plan(cells: list[Cell], store: Path) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """(table study,row,seed,cell; unique cell hash -> params)."""
+    rows, unique = [], {}
+    for c in cells:
+        path = cell_dir(store, Config.from_dict(c.params))
+        unique.setdefault(path.name, c.params)
+        rows.append({"study": c.study, "row": c.row, "seed": c.seed, "cell": path.name})
+    return pd.DataFrame(rows), unique
+
+
+def run_grid(params: dict, launch_overrides: dict | None = None, root: Path = ROOT) -> pd.DataFrame:
+    """Run the pending cells; returns one row per (study, row, seed) with the cell's status."""
+    cells = grid_cells(params, root)                       # validates everything first
+    store = root / params["grid"]["store"]
+    table, unique = plan(cells, store)
+    pending = [h for h in unique if not is_done(store / "cells" / h)]
+    log.info("grid: %d cells (%d unique), %d finished, %d to run", len(table), len(unique),
+             len(unique) - len(pending), len(pending))
+    outcomes = {}
+    if pending:
+        launch = load_launch_config(root / "launch.yaml", launch_overrides)
+        results = run_cells(run_cell, [(str(store / "cells" / h), unique[h]) for h in pending], launch,
+                            root / launch.folder, name="dino-grid")
+        outcomes = dict(zip(pending, results))
+    statuses = []
+    for h in table["cell"]:
+        out = outcomes.get(h)
+        if isinstance(out, CellFailed):
+            statuses.append(f"failed: {out.stderr}")
+        else:
+            statuses.append(read_done(store / "cells" / h)["status"] if is_done(store / "cells" / h) else "missing")
+    table["status"] = statuses
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--out", default=str(ROOT / "results" / "grid.csv"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    table = run_grid(load_all(args.params))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, table.to_csv(index=False))
+    failed = table[table.status.str.startswith("failed") | (table.status == "missing")]
+    diverged = table[table.status == "diverged"]
+    log.info("grid done: %d ok, %d diverged, %d failed", (table.status == "ok").sum(), len(diverged), len(failed))
+    for _, r in failed.iterrows():
+        log.error("cell %s (%s/%s seed %d) %s", r.cell, r.study, r.row, r.seed, r.status)
+    if len(failed):
+        raise SystemExit(f"{len(failed)} cell(s) failed; see the stderr paths above")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Config validation (issue 2, "Config"): params.yaml is the single source of defaults, every
+value is checked on load, and each error names the key, the offending value and what is allowed."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+from helpers import CORE_SECTIONS, PARAMS, tiny_config
+
+from dino_core.config import Config, load_params, merge
+
+
+def core_params() -> dict:
+    return {k: v for k, v in load_params(PARAMS).items() if k in CORE_SECTIONS}
+
+
+def with_value(section: str, key: str, value) -> dict:
+    d = core_params()
+    d[section][key] = value
+    return d
+
+
+def test_params_yaml_loads_and_covers_every_field():
+    cfg = Config.from_dict(core_params())
+    d = core_params()
+    # every dataclass field comes from params.yaml (the dataclasses have no defaults of their own)
+    for sec in dataclasses.fields(Config):
+        sub = getattr(cfg, sec.name)
+        assert {f.name for f in dataclasses.fields(sub)} == set(d[sec.name])
+        for f in dataclasses.fields(sub):
+            assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    # a few values as written in params.yaml, typed (lists become tuples, ints stay ints)
+    assert cfg.loss.student_temp == d["loss"]["student_temp"]
+    assert cfg.crops.global_scale == tuple(d["crops"]["global_scale"])
+    assert isinstance(cfg.train.epochs, int) and isinstance(cfg.optim.lr, float)
+    # round trip
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    # the pipeline sections of params.yaml are accepted only when declared as extra sections
+    extra = tuple(k for k in load_params(PARAMS) if k not in CORE_SECTIONS)
+    if extra:
+        assert Config.from_dict(load_params(PARAMS), extra_sections=extra) == cfg
+        with pytest.raises(ValueError, match="unknown section"):
+            Config.from_dict(load_params(PARAMS))
+
+
+def test_dataclasses_are_frozen():
+    cfg = tiny_config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.loss.student_temp = 0.2  # type: ignore[misc]
+    # replace() returns a validated copy
+    assert cfg.replace("loss", student_temp=0.2).loss.student_temp == 0.2
+    with pytest.raises(ValueError, match=r"loss\.student_temp"):
+        cfg.replace("loss", student_temp=-1.0)
+
+
+def test_unknown_section():
+    d = core_params()
+    d["modle"] = {"depth": 2}
+    with pytest.raises(ValueError, match=r"unknown section.*'modle'.*allowed:.*'model'"):
+        Config.from_dict(d)
+
+
+def test_missing_section():
+    d = core_params()
+    del d["head"]
+    with pytest.raises(ValueError, match=r"missing section.*'head'"):
+        Config.from_dict(d)
+
+
+def test_unknown_key_names_key_and_allowed():
+    with pytest.raises(ValueError, match=r"model: unknown key.*'dept'.*allowed:.*'depth'"):
+        Config.from_dict(with_value("model", "dept", 3))
+
+
+def test_missing_key():
+    d = core_params()
+    del d["loss"]["student_temp"]
+    with pytest.raises(ValueError, match=r"loss: missing key.*'student_temp'"):
+        Config.from_dict(d)
+
+
+@pytest.mark.parametrize("section,key,value,pattern", [
+    ("model", "depth", "4", r"model\.depth: expected an integer, got '4'"),          # string for int
+    ("model", "depth", True, r"model\.depth: expected an integer, got True"),        # bool for int
+    ("train", "epochs", 2.5, r"train\.epochs: expected an integer, got 2\.5"),       # float for int
+    ("loss", "student_temp", "0.1", r"loss\.student_temp: expected a number, got '0\.1'"),
+    ("loss", "student_temp", False, r"loss\.student_temp: expected a number, got False"),
+    ("loss", "sharpening", 1, r"loss\.sharpening: expected true/false, got 1"),      # int for bool
+    ("data", "root", 3, r"data\.root: expected a string, got 3"),
+    ("crops", "global_scale", 0.4, r"crops\.global_scale: expected a list, got 0\.4"),
+    ("crops", "global_scale", [0.4, 0.6, 1.0], r"crops\.global_scale: expected 2 values, got 3"),
+])
+def test_wrong_type(section, key, value, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Config.from_dict(with_value(section, key, value))
+
+
+@pytest.mark.parametrize("section,key,value,pattern", [
+    # temperatures are open at 0: (0, 10]
+    ("loss", "student_temp", 0.0, r"loss\.student_temp: 0\.0 is out of range \(0, 10\]"),
+    ("loss", "teacher_temp", -0.04, r"loss\.teacher_temp: -0\.04 is out of range \(0, 10\]"),
+    ("loss", "warmup_teacher_temp", 0, r"loss\.warmup_teacher_temp: 0\.0 is out of range \(0, 10\]"),
+    ("loss", "student_temp", float("nan"), r"loss\.student_temp: nan is out of range \(0, 10\]"),
+    # momenta in [0, 1]
+    ("teacher", "momentum", 1.5, r"teacher\.momentum: 1\.5 is out of range \[0, 1\]"),
+    ("teacher", "momentum", -0.1, r"teacher\.momentum: -0\.1 is out of range \[0, 1\]"),
+    ("loss", "center_momentum", 1.01, r"loss\.center_momentum: 1\.01 is out of range \[0, 1\]"),
+    # counts
+    ("crops", "local_number", -1, r"crops\.local_number: -1 is out of range \[0, 64\]"),
+    ("train", "epochs", 0, r"train\.epochs: 0 is out of range \[1, inf\]"),
+    ("optim", "batch_size", 0, r"optim\.batch_size: 0 is out of range \[1, "),
+    ("crops", "global_scale", [0.4, 1.5], r"crops\.global_scale\[1\]: 1\.5 is out of range \[0, 1\]"),
+    # choices
+    ("loss", "normalization", "center", r"loss\.normalization: 'center' is not allowed; allowed: "
+                                        r"\['centering', 'none', 'sinkhorn_knopp', 'softmax_batch'\]"),
+    ("teacher", "variant", "swa", r"teacher\.variant: 'swa' is not allowed; allowed: \['ema', "),
+])
+def test_out_of_range_or_choice(section, key, value, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Config.from_dict(with_value(section, key, value))
+
+
+@pytest.mark.parametrize("key", ["global_scale", "local_scale"])
+def test_inverted_scale_range(key):
+    with pytest.raises(ValueError) as e:
+        Config.from_dict(with_value("crops", key, [0.9, 0.4]))
+    msg = str(e.value)
+    assert f"crops.{key}" in msg and "0.9" in msg and "0.4" in msg and "allowed" in msg
+
+
+def test_valid_edge_values_accepted():
+    cfg = tiny_config(teacher={"momentum": 1.0}, loss={"center_momentum": 0.0},
+                      crops={"local_number": 0, "global_scale": [1.0, 1.0]}, optim={"clip_grad": 0})
+    assert cfg.teacher.momentum == 1.0 and cfg.crops.local_number == 0
+    assert isinstance(cfg.optim.clip_grad, float)    # an int for a float field is converted
+
+
+def test_merge_rejects_unknown_keys_with_path():
+    base = core_params()
+    with pytest.raises(ValueError, match=re.escape("diff.loss: unknown key 'studnet_temp'")):
+        merge(base, {"loss": {"studnet_temp": 0.2}})
+    with pytest.raises(ValueError, match=re.escape("diff: unknown key 'lossy'")):
+        merge(base, {"lossy": {}})
+    with pytest.raises(ValueError, match=re.escape("my.yaml.crops: unknown key 'n_local'")):
+        merge(base, {"crops": {"n_local": 2}}, "my.yaml")
+
+
+def test_merge_is_deep_and_does_not_mutate():
+    base = core_params()
+    out = merge(base, {"loss": {"student_temp": 0.2}, "crops": {"global_scale": [0.14, 1.0]}})
+    assert out["loss"]["student_temp"] == 0.2 and out["loss"]["teacher_temp"] == base["loss"]["teacher_temp"]
+    assert out["crops"]["global_scale"] == [0.14, 1.0]
+    assert base["loss"]["student_temp"] == load_params(PARAMS)["loss"]["student_temp"]
+
+
+def test_load_params_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")

@@ -1,0 +1,126 @@
+"""The whole DAG with real DVC on the tiny profile, in a temporary copy of the repo.
+
+Cells run in-process (launcher executor `debug`) so a cell costs about a second.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+STUDIES = ["fig7_collapse", "center_momentum"]   # 7 rows, 6 unique cells (the default is shared)
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="dvc needs git")
+
+
+def _dvc() -> list[str]:
+    return [sys.executable, "-m", "dvc"]
+
+
+@pytest.fixture()
+def copy(tmp_path: Path) -> Path:
+    dst = tmp_path / "repo"
+    dst.mkdir()
+    for name in ["dino_core", "pipelines", "ablations", "dvc.yaml", "launch.yaml", "params.yaml", ".dvcignore"]:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    params["profile"] = "tiny"
+    params["grid"]["studies"] = STUDIES
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dst
+
+
+@pytest.fixture()
+def repo(copy: Path) -> Path:
+    dst, env = copy, _env(copy)
+    for cmd in (["git", "init", "-q"], _dvc() + ["init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=dst, env=env, check=True, capture_output=True)
+    return dst
+
+
+def _env(repo: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(repo), "DINO_LAUNCH_EXECUTOR": "debug", "DVC_NO_ANALYTICS": "1",
+            "MPLBACKEND": "Agg"}
+
+
+def _repro(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    r = subprocess.run(_dvc() + ["repro", *args], cwd=repo, env=_env(repo), capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def _done_cells(repo: Path) -> dict[str, float]:
+    return {p.parent.name: p.stat().st_mtime for p in (repo / "runs" / "cells").glob("*/DONE")}
+
+
+def test_dag_end_to_end_reuse_and_one_cell_change(repo: Path) -> None:
+    _repro(repo)
+    cells = (repo / "results" / "cells.csv").read_text().splitlines()
+    assert len(cells) == 1 + 7                       # header + 7 (study, row, seed) rows
+    done = _done_cells(repo)
+    assert len(done) == 6                            # identical cells across studies ran once
+    for name in ["fig7_collapse", "center_momentum"]:
+        assert (repo / "results" / "tables" / f"{name}.md").stat().st_size > 0
+    # nothing changed: every stage is up to date, no cell recomputed
+    t0 = time.time()
+    r = _repro(repo)
+    assert "didn't change, skipping" in r.stdout or "up to date" in r.stdout
+    assert time.time() - t0 < 60 and _done_cells(repo) == done
+    # one row's parameter changes: only that cell is recomputed
+    path = repo / "ablations" / "center_momentum.yaml"
+    study = yaml.safe_load(path.read_text())
+    study["rows"][0]["diff"]["loss"]["center_momentum"] = 0.5
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    _repro(repo)
+    after = _done_cells(repo)
+    new = set(after) - set(done)
+    assert len(new) == 1
+    assert all(after[h] == done[h] for h in done if h in after)
+
+
+def test_killed_grid_loses_no_finished_cell(repo: Path) -> None:
+    subprocess.run(_dvc() + ["repro", "prepare"], cwd=repo, env=_env(repo), check=True, capture_output=True)
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.grid", "--params", "params.yaml"], cwd=repo,
+                            env=_env(repo), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while len(_done_cells(repo)) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _done_cells(repo)
+    assert 2 <= len(before) < 6, "kill the grid while cells remain"
+    for h in before:                                 # a DONE cell is complete
+        assert (repo / "runs" / "cells" / h / "eval.json").is_file()
+        assert (repo / "runs" / "cells" / h / "checkpoint.pth").is_file()
+    _repro(repo)
+    after = _done_cells(repo)
+    assert len(after) == 6 and all(after[h] == before[h] for h in before)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ({"loss": {"teacher_temp": -1.0}}, "loss.teacher_temp"),
+    ({"loss": {"bogus": 1}}, "bogus"),
+    ({"train": {"saveckp_freq": "ten"}}, "train.saveckp_freq"),
+    ({"data": {"dataset": "imagenet21k"}}, "allowed"),
+    ({"grid": {"studies": ["no_such_study"]}}, "no_such_study"),
+])
+def test_bad_params_stop_before_any_cell(copy: Path, edit: dict, needle: str) -> None:
+    repo = copy
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in edit.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    r = subprocess.run([sys.executable, "-m", "pipelines.grid", "--params", "params.yaml"], cwd=repo,
+                       env=_env(repo), capture_output=True, text=True)
+    assert r.returncode != 0 and needle in r.stderr
+    assert not (repo / "runs" / "cells").exists()

@@ -1,0 +1,304 @@
+"""The report stage on a tiny fake run store built here.
+
+EVERYTHING BELOW IS SYNTHETIC: cells.csv / curves.csv rows are made up by this test (numbers
+chosen so that means, stds and verdicts can be computed by hand); they are not results. The
+study files are copies of the repository's real ablations/*.yaml (the paper's numbers).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines import report as R
+
+ROOT = Path(__file__).resolve().parents[1]
+LN_K = math.log(1024)
+STUDIES = ("table7_components", "fig7_collapse", "teacher_temperature", "multicrop")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+# ----------------------------------------------------------------------- synthetic run store
+# (study, row) -> per-seed (knn20_top1, collapsed, status, epoch_time_s, peak_mem_mb)
+ok = (lambda knn, coll=False, t=10.0, m=100.0: (knn, coll, "ok", t, m))
+DIVERGED = (float("nan"), float("nan"), "diverged", float("nan"), float("nan"))
+SYNTHETIC = {
+    ("table7_components", "dino"): [ok(70.0), ok(72.0), ok(74.0)],                 # 72.0 ± 2.0, reference
+    ("table7_components", "no_momentum"): [ok(10.0, True)] * 3,                    # paper 0.1: yes
+    ("table7_components", "sinkhorn"): [ok(71.0), DIVERGED, DIVERGED],             # n=1; paper ≈: yes
+    ("table7_components", "no_multicrop"): [ok(60.0), ok(61.0), ok(62.0)],         # paper -4.9, ours -11: yes
+    ("table7_components", "mse"): [ok(75.0), ok(76.0), ok(77.0)],                  # paper -20.2, ours +4: no
+    ("table7_components", "predictor"): [ok(71.5), ok(72.0), ok(72.5)],            # ours Δ 0 within noise
+    ("table7_components", "byol"): [ok(11.0, True)] * 3,                           # paper learns, ours collapsed
+    ("table7_components", "swav"): [ok(65.0), ok(66.0), ok(67.0)],                 # paper -8.1, ours -6: yes
+    # mocov2: no cells at all
+    ("fig7_collapse", "sharpening_only"): [ok(12.0, True)] * 3,
+    ("fig7_collapse", "centering_only"): [ok(11.0, True)] * 3,
+    ("fig7_collapse", "both"): [ok(50.0), ok(52.0), ok(54.0)],
+    ("teacher_temperature", "tt_0.02"): [ok(60.0), ok(62.0), ok(64.0)],            # paper -2.9, ours -10: yes
+    ("teacher_temperature", "tt_0.04"): [ok(70.0)] * 3,                            # default, std 0
+    ("teacher_temperature", "tt_0.08"): [ok(10.0, True), ok(10.0, True), ok(40.0, False)],  # 2/3: yes
+    ("teacher_temperature", "tt_warmup"): [ok(71.0), ok(71.5), ok(72.0)],          # paper +0.1 ≈, ours +1.5
+    # tt_0.06: no cells
+    ("multicrop", "mc_2"): [ok(60.0, t=10.0, m=100.0), ok(61.0, t=11.0, m=100.0), ok(62.0, t=12.0, m=100.0)],
+    ("multicrop", "mc_2x2_2"): [ok(63.0, t=13.0, m=120.0)] * 3,
+    ("multicrop", "mc_2x2_6"): [ok(66.0, t=16.0, m=150.0), ok(67.0, t=17.0, m=150.0), ok(68.0, t=18.0, m=150.0)],
+    ("multicrop", "mc_2x2_10"): [ok(67.0, t=20.0, m=180.0), ok(68.0, t=21.0, m=180.0), ok(69.0, t=22.0, m=180.0)],
+}
+FINAL_ENTROPY = {"sharpening_only": 0.05, "centering_only": 0.98, "both": 0.5}   # last epoch, x ln K
+CELL_COLS = ["study", "row", "seed", "cell", "status", "knn10_top1", "knn10_top5", "knn20_top1", "knn20_top5",
+             "knn100_top1", "knn100_top5", "knn200_top1", "knn200_top5", "teacher_entropy", "teacher_mean_entropy",
+             "kl_teacher_student", "prototypes_used", "log_K", "feature_std", "effective_rank", "feature_dim",
+             "collapsed", "collapse_reason", "jaccard_best_head", "jaccard_mean_head", "wall_time_s", "epoch_time_s",
+             "peak_mem_mb"]
+
+
+def fake_cells(spec: dict = SYNTHETIC) -> pd.DataFrame:
+    """SYNTHETIC cells.csv rows (one per study, row, seed)."""
+    rows = []
+    for (study, row), seeds in spec.items():
+        for seed, (knn, coll, status, t, m) in enumerate(seeds):
+            r = dict.fromkeys(CELL_COLS, float("nan"))
+            r.update(study=study, row=row, seed=seed, cell=f"fake-{study}-{row}-{seed}",
+                     status=status, knn20_top1=knn, knn20_top5=knn, log_K=LN_K, feature_dim=128,
+                     collapsed=coll, collapse_reason="synthetic", wall_time_s=100.0, epoch_time_s=t, peak_mem_mb=m)
+            rows.append(r)
+    return pd.DataFrame(rows, columns=CELL_COLS)
+
+
+def fake_curves(cells: pd.DataFrame, epochs: int = 4) -> pd.DataFrame:
+    """SYNTHETIC curves.csv: entropy goes linearly from 0.9 ln K to its final value."""
+    rows = []
+    for r in cells.itertuples():
+        end = FINAL_ENTROPY.get(r.row, 0.6) + 0.01 * r.seed
+        for e in range(epochs):
+            h = LN_K * (0.9 + (end - 0.9) * e / (epochs - 1))
+            rows.append(dict(study=r.study, row=r.row, seed=r.seed, cell=r.cell, epoch=e, loss=h + 0.5, ce=h + 0.5,
+                             teacher_entropy=h, teacher_batch_entropy=LN_K * 0.95, kl=0.5 / (e + 1), lr=1e-4,
+                             wd=0.04, momentum=0.99, teacher_temp=0.04, epoch_time_s=r.epoch_time_s,
+                             peak_mem_mb=r.peak_mem_mb))
+    return pd.DataFrame(rows)
+
+
+def make_store(tmp: Path, studies=STUDIES, spec: dict = SYNTHETIC) -> tuple[Path, Path]:
+    results, ablations = tmp / "results", tmp / "ablations"
+    results.mkdir(parents=True)
+    ablations.mkdir(parents=True)
+    for s in studies:
+        shutil.copy(ROOT / "ablations" / f"{s}.yaml", ablations / f"{s}.yaml")
+    cells = fake_cells({k: v for k, v in spec.items() if k[0] in studies})
+    cells.to_csv(results / "cells.csv", index=False)
+    fake_curves(cells).to_csv(results / "curves.csv", index=False)
+    return results, ablations
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> tuple[Path, Path]:
+    results, ablations = make_store(tmp_path_factory.mktemp("report"))
+    R.main(["--results", str(results), "--ablations", str(ablations)])
+    return results, ablations
+
+
+def table(results: Path, study: str) -> pd.DataFrame:
+    return pd.read_csv(results / "tables" / f"{study}.csv", dtype={"row": str}).set_index("row")
+
+
+# --------------------------------------------------------------------------------- tables
+def test_tables_equal_inputs(store):
+    results, _ = store
+    t = table(results, "table7_components")
+    assert list(t.index) == ["dino", "no_momentum", "sinkhorn", "no_multicrop", "mse", "predictor", "byol",
+                             "mocov2", "swav"]                                     # the study file's order
+    assert t.loc["dino", "knn20_mean"] == pytest.approx(72.0)
+    assert t.loc["dino", "knn20_std"] == pytest.approx(2.0)                        # sqrt((4+0+4)/2)
+    assert t.loc["dino", "n"] == 3
+    assert t.loc["mse", "knn20_std"] == pytest.approx(1.0)
+    assert t.loc["sinkhorn", "n"] == 1 and t.loc["sinkhorn", "n_seeds"] == 3       # 2 diverged: not averaged
+    assert math.isnan(t.loc["sinkhorn", "knn20_std"]) and "2 diverged" in t.loc["sinkhorn", "note"]
+    assert t.loc["mocov2", "n"] == 0 and t.loc["mocov2", "agrees"] == "inconclusive"
+    assert t.loc["dino", "paper_knn"] == 72.8 and t.loc["dino", "paper_linear"] == 76.1
+    assert t.loc["no_momentum", "n_collapsed"] == 3
+    m = table(results, "multicrop")
+    assert m.loc["mc_2", "time_mean_s"] == pytest.approx(11.0) and m.loc["mc_2", "time_std_s"] == pytest.approx(1.0)
+    assert m.loc["mc_2x2_10", "peak_mem_mb_mean"] == pytest.approx(180.0)
+    assert m.loc["mc_2", "paper_time_h"] == 15.3 and m.loc["mc_2", "paper_mem_gb"] == 9.3
+    assert math.isnan(m.loc["mc_2", "paper_knn"]) and m.loc["mc_2", "paper_linear"] == 67.8
+    f = table(results, "fig7_collapse")
+    assert f.loc["sharpening_only", "entropy_last_over_lnK_mean"] == pytest.approx(0.06)   # 0.05 + mean(0, .01, .02)
+    assert f.loc["both", "entropy_last_over_lnK_std"] == pytest.approx(0.01)
+
+
+def test_table_verdicts(store):
+    results, _ = store
+    t = table(results, "table7_components")["agrees"].to_dict()
+    assert t == {"dino": "reference", "no_momentum": "yes", "sinkhorn": "yes", "no_multicrop": "yes", "mse": "no",
+                 "predictor": "inconclusive", "byol": "no", "mocov2": "inconclusive", "swav": "yes"}
+    assert table(results, "fig7_collapse")["agrees"].to_dict() == {
+        "sharpening_only": "yes", "centering_only": "yes", "both": "reference"}
+    assert table(results, "teacher_temperature")["agrees"].to_dict() == {
+        "tt_0.02": "yes", "tt_0.04": "reference", "tt_0.06": "inconclusive", "tt_0.08": "yes", "tt_warmup": "yes"}
+    assert table(results, "multicrop")["agrees"].to_dict() == {
+        "mc_2": "yes", "mc_2x2_2": "yes", "mc_2x2_6": "reference", "mc_2x2_10": "yes"}
+
+
+def test_markdown_and_latex(store):
+    results, _ = store
+    md = (results / "tables" / "table7_components.md").read_text()
+    assert "| DINO " in md and "72.0 ± 2.0" in md and "71.0 ± n/a" in md and "Agreement rule" in md
+    for col in ("Mom.", "SK", "MC", "Loss", "Pred.", "paper k-NN", "paper linear", "ours k-NN", "agrees"):
+        assert col in md
+    mc = (results / "tables" / "multicrop.md").read_text()
+    assert "time/epoch (s)" in mc and "11.0 ± 1.0" in mc and "15.3" in mc
+    tex = (results / "tables" / "table7_components.tex").read_text()
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert r"72.0 $\pm$ 2.0" in tex and "Mom." in tex
+
+
+def test_plots_written(store):
+    results, _ = store
+    names = {p.name for p in (results / "plots").glob("*.png")}
+    assert names == {"fig7_entropy_kl.png", "knn_vs_teacher_temperature.png", "multicrop_cost.png",
+                     "training_curves.png"}                                        # no attention, no tune
+    for p in (results / "plots").glob("*.png"):
+        data = p.read_bytes()
+        assert data.startswith(PNG) and len(data) > 1024, p
+    readme = (results / "README.md").read_text()
+    assert "(plots/fig7_entropy_kl.png)" in readme and "(tables/multicrop.md)" in readme
+    assert "results/env.json is absent." in readme and "optuna" not in readme
+
+
+def test_rerun_is_byte_identical(store):
+    results, ablations = store
+    files = sorted(p for p in results.rglob("*") if p.suffix in {".png", ".md", ".tex", ".csv"})
+    before = {p: p.read_bytes() for p in files}
+    R.main(["--results", str(results), "--ablations", str(ablations)])
+    assert {p: p.read_bytes() for p in files} == before
+    assert not list(results.rglob(".*.tmp*"))                                      # no temp files left
+
+
+def test_effects_summary_lines(store):
+    results, _ = store
+    readme = (results / "README.md").read_text()
+    expected = {
+        "No momentum (teacher = student copy) collapses": "reproduced",
+        "Previous-iteration teacher collapses": "inconclusive",                     # fig6 not run here
+        "No centering (sharpening only): teacher entropy → 0": "reproduced",
+        "No sharpening (centering only): teacher entropy → ln K": "reproduced",
+        "Constant τt = 0.08 collapses while warm-up 0.04 → 0.07 does not": "reproduced",
+        "Center momentum 0.999 collapses": "inconclusive",
+        "Multi-crop (2 global + 6 local) beats 2 crops": "reproduced",
+        "CE beats MSE": "not reproduced",
+        "More crops cost more time and memory": "reproduced",
+        "Sinkhorn-Knopp ≈ centering": "reproduced",
+    }
+    for text, status in expected.items():
+        assert f"- {text}: **{status}** (" in readme, text
+    assert "7 reproduced" in readme and "1 not reproduced" in readme and "2 inconclusive" in readme
+
+
+# ----------------------------------------------------------------- agreement rule, crafted
+S = R.Stats
+LEARNS = S(3, 70.0, 1.0, 0)
+
+
+@pytest.mark.parametrize("paper, ours, dpaper, dours, is_default, verdict", [
+    ({"knn": 0.1}, S(3, 10.0, 0.0, 3), {"knn": 70}, LEARNS, False, "yes"),          # collapse, agree
+    ({"knn": 0.1}, S(3, 60.0, 1.0, 1), {"knn": 70}, LEARNS, False, "no"),           # paper collapses, ours 1/3
+    ({"knn": 66.0}, S(3, 10.0, 0.0, 2), {"knn": 70}, LEARNS, False, "no"),          # paper learns, ours 2/3
+    ({"knn": None, "collapse": True}, S(3, 9.0, 0.0, 3), None, LEARNS, False, "yes"),  # collapse flag
+    ({"knn": None, "collapse": False}, LEARNS, None, LEARNS, True, "reference"),
+    ({"knn": 65.0}, S(3, 60.0, 1.0, 0), {"knn": 70.0}, LEARNS, False, "yes"),       # Δ -5 vs -10: same sign
+    ({"knn": 65.0}, S(3, 75.0, 1.0, 0), {"knn": 70.0}, LEARNS, False, "no"),        # Δ -5 vs +5
+    ({"knn": 65.0}, S(3, 70.5, 1.0, 0), {"knn": 70.0}, LEARNS, False, "inconclusive"),  # |+0.5| <= noise 1
+    ({"knn": 69.5}, S(3, 73.9, 1.0, 0), {"knn": 70.0}, LEARNS, False, "yes"),       # ≈: 3.9 <= 2 + 2*1
+    ({"knn": 69.5}, S(3, 74.1, 1.0, 0), {"knn": 70.0}, LEARNS, False, "no"),        # ≈: 4.1 > 4
+    ({"knn": None}, LEARNS, {"knn": 70.0}, LEARNS, False, "n/a"),
+    ({}, LEARNS, {"knn": 70.0}, LEARNS, False, "n/a"),
+    ({"knn": 70.0}, LEARNS, {"knn": 70.0}, LEARNS, True, "reference"),
+    ({"knn": 70.0}, S(3, 10.0, 0.0, 3), {"knn": 70.0}, None, True, "no"),           # default contradicts paper
+    ({"knn": 66.0}, S(0, math.nan, math.nan, 0), {"knn": 70}, LEARNS, False, "inconclusive"),  # no ok seed
+    ({"knn": 66.0}, S(2, 40.0, 30.0, 1), {"knn": 70}, LEARNS, False, "inconclusive"),  # split 1/2
+    ({"knn": 66.0}, LEARNS, {"knn": 70}, S(3, 10.0, 0.0, 3), False, "inconclusive"),   # our default collapsed
+    ({"knn": 72.8}, LEARNS, {"knn": None}, LEARNS, False, "yes"),                   # default: no paper number
+    ({"linear": 67.8}, S(3, 60.0, 1.0, 0), {"linear": 73.8}, LEARNS, False, "yes"),  # linear when no k-NN
+    ({"knn": 65.0}, S(1, 60.0, math.nan, 0), {"knn": 70.0}, S(1, 70.0, math.nan, 0), False, "yes"),  # n=1
+])
+def test_agreement_rule(paper, ours, dpaper, dours, is_default, verdict):
+    got, reason = R.agreement(paper, ours, dpaper, dours, is_default)
+    assert got == verdict, reason
+    assert got in R.VERDICTS
+
+
+def test_collapse_fallback_to_chance():
+    cells = fake_cells({("s", "r"): [ok(12.0), ok(40.0), ok(11.0)]})
+    cells["collapsed"] = [float("nan"), float("nan"), True]                        # verdict missing for 2 seeds
+    assert R.aggregate(cells).loc[("s", "r"), "n_collapsed"] == 1                  # no num_classes: no fallback
+    assert R.aggregate(cells, num_classes=10).loc[("s", "r"), "n_collapsed"] == 2  # 12 <= 10 + 5
+
+
+# ------------------------------------------------------------------ effects, crafted data
+def _effects(spec: dict, final=None) -> dict[str, str]:
+    cells = fake_cells(spec)
+    curves = fake_curves(cells) if final is None else fake_curves(cells).assign(teacher_entropy=final * LN_K)
+    return {e.text: e.status for e in R.effects_summary(R.aggregate(cells), R.final_entropy(curves, cells))}
+
+
+def test_effects_not_reproduced_and_inconclusive():
+    mc = lambda t, m: [ok(60.0, t=t, m=m)] * 3
+    got = _effects({("table7_components", "no_momentum"): [ok(60.0)] * 3,
+                    ("table7_components", "dino"): [ok(70.0), ok(71.0), ok(72.0)],
+                    ("table7_components", "mse"): [ok(70.5), ok(71.0), ok(71.5)],       # Δ 0 within noise
+                    ("table7_components", "sinkhorn"): [ok(60.0)] * 3,                 # |Δ| 11 > 2 + 2*0.5
+                    ("teacher_temperature", "tt_0.08"): [ok(10.0, True)] * 3,
+                    ("teacher_temperature", "tt_warmup"): [ok(10.0, True)] * 3,        # warm-up collapsed too
+                    ("multicrop", "mc_2"): mc(10, 100), ("multicrop", "mc_2x2_2"): mc(12, 90),
+                    ("multicrop", "mc_2x2_6"): mc(14, 130), ("multicrop", "mc_2x2_10"): mc(16, 150),
+                    ("fig7_collapse", "sharpening_only"): [ok(10.0, True)] * 3,
+                    ("fig7_collapse", "centering_only"): [ok(10.0, True)] * 3}, final=0.5)
+    assert got["No momentum (teacher = student copy) collapses"] == "not reproduced"
+    assert got["CE beats MSE"] == "inconclusive"
+    assert got["Sinkhorn-Knopp ≈ centering"] == "not reproduced"
+    assert got["Constant τt = 0.08 collapses while warm-up 0.04 → 0.07 does not"] == "not reproduced"
+    assert got["More crops cost more time and memory"] == "inconclusive"           # memory dips at one step
+    assert got["Multi-crop (2 global + 6 local) beats 2 crops"] == "inconclusive"  # equal
+    assert got["No centering (sharpening only): teacher entropy → 0"] == "not reproduced"   # 0.5 ln K
+    assert got["No sharpening (centering only): teacher entropy → ln K"] == "not reproduced"
+    assert got["Center momentum 0.999 collapses"] == "inconclusive"
+
+
+# ------------------------------------------------------------------------ optional inputs
+def test_optional_inputs_present(tmp_path):
+    from PIL import Image
+    results, ablations = make_store(tmp_path, studies=("multicrop",))
+    (results / "attention").mkdir()
+    for i in range(2):
+        Image.new("RGB", (120, 60), (40 * i, 90, 200)).save(results / "attention" / f"attn_{i:03d}.png")
+    (results / "attention" / "attention.json").write_text(json.dumps(
+        {"jaccard_best_head": 0.4321, "jaccard_mean_head": 0.3, "jaccard_per_head": [0.3, 0.4321], "best_head": 1}))
+    (results / "tune").mkdir()
+    Image.new("RGB", (50, 50)).save(results / "tune" / "optimization_history.png")
+    (results / "tune" / "trials.csv").write_text("number,value\n0,1.0\n")
+    (results / "env.json").write_text(json.dumps({"git_sha": "abc123", "torch": "2.14.1", "device": "cpu",
+                                                  "profile": "default", "seeds": [0, 1, 2], "wall_time_s": 7200}))
+    (results / "baselines.json").write_text(json.dumps({"random_init": {"knn20_top1": 31.25},
+                                                       "raw_pixels": {"knn20_top1": 40.5}}))
+    R.main(["--results", str(results), "--ablations", str(ablations)])
+    att = (results / "plots" / "attention.png").read_bytes()
+    assert att.startswith(PNG) and len(att) > 1024
+    readme = (results / "README.md").read_text()
+    for s in ("(plots/attention.png)", "(attention/attn_000.png)", "(tune/optimization_history.png)",
+              "(tune/trials.csv)", "git_sha: `abc123`", "wall_time_s: `7200 s (2.00 h)`", "random_init: 31.2",
+              "seeds: `[0, 1, 2]`"):
+        assert s in readme, s
+    assert {p.name for p in (results / "tables").iterdir()} == {"multicrop.md", "multicrop.tex", "multicrop.csv"}
+
+
+def test_study_without_cells_is_listed(tmp_path):
+    results, ablations = make_store(tmp_path, studies=("multicrop", "center_momentum"))   # no center_momentum cells
+    cells, curves = R.read_inputs(results)
+    rep = R.build_report(cells, curves, R.load_studies(ablations), R.load_extras(results))
+    assert [t.study for t in rep.tables] == ["multicrop"]
+    assert "studies without results in cells.csv: center_momentum" in rep.readme
