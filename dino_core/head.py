@@ -6,6 +6,8 @@ L2-normalised bottleneck, then a weight-normalised linear layer to K prototypes
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,7 +34,9 @@ class WeightNormLinear(nn.Module):
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
         v = torch.empty(out_dim, in_dim)
-        nn.init.trunc_normal_(v, std=0.02)
+        # nn.Linear's default init, as the official weight_norm(nn.Linear(...)) (created after
+        # the trunc-normal init of the MLP, so it keeps the default)
+        nn.init.kaiming_uniform_(v, a=math.sqrt(5))
         self.weight_v = nn.Parameter(v)
         self.weight_g = nn.Parameter(torch.ones(out_dim, 1))
 

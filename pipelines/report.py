@@ -133,10 +133,15 @@ def _as_bool(s: pd.Series) -> pd.Series:
     return out.astype("boolean")
 
 
+def num_col(df: pd.DataFrame, name: str) -> pd.Series:
+    """A numeric column; all-NaN when absent (e.g. every cell diverged or is missing)."""
+    return pd.to_numeric(df[name], errors="coerce") if name in df else pd.Series(float("nan"), index=df.index)
+
+
 def seed_level(cells: pd.DataFrame, num_classes: int | None = None) -> pd.DataFrame:
     """cells + `ok` (status ok and a k-NN value) + `collapsed_seed` (verdict, chance fallback)."""
     df = cells.copy()
-    knn = pd.to_numeric(df["knn20_top1"], errors="coerce")
+    knn = df["knn20_top1"] = num_col(df, "knn20_top1")
     df["ok"] = df["status"].astype("string").fillna("missing").eq("ok") & knn.notna()
     verdict = _as_bool(df["collapsed"]) if "collapsed" in df else pd.Series(pd.NA, index=df.index, dtype="boolean")
     if num_classes:
@@ -161,11 +166,15 @@ def aggregate(cells: pd.DataFrame, num_classes: int | None = None) -> pd.DataFra
     out["n"] = g.size().reindex(out.index).fillna(0).astype(int)
     out["n_collapsed"] = g["collapsed_seed"].sum().reindex(out.index).fillna(0).astype(int)
     for col, name in (("knn20_top1", "knn"), ("epoch_time_s", "time"), ("peak_mem_mb", "mem")):
-        vals = pd.to_numeric(ok[col], errors="coerce") if col in ok else pd.Series(float("nan"), index=ok.index)
-        grp = vals.groupby([ok["study"], ok["row"]], sort=False)
+        grp = num_col(ok, col).groupby([ok["study"], ok["row"]], sort=False)
         out[f"{name}_mean"] = grp.mean().reindex(out.index)
         out[f"{name}_std"] = grp.std(ddof=1).reindex(out.index)
     return out
+
+
+def ln_k(cells: pd.DataFrame) -> pd.Series:
+    """ln K per cell: the evaluation's `log_K`, else the run summary's `ln_k` (also set for diverged cells)."""
+    return num_col(cells, "log_K").fillna(num_col(cells, "ln_k"))
 
 
 def final_entropy(curves: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
@@ -175,8 +184,8 @@ def final_entropy(curves: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["ent_mean", "ent_std", "ent_n"],
                             index=pd.MultiIndex.from_tuples([], names=KEYS))
     last = curves.sort_values("epoch").groupby(cols, sort=False).tail(1)
-    last = last.merge(cells[cols + ["log_K"]], on=cols, how="left")
-    last["ratio"] = pd.to_numeric(last["teacher_entropy"], errors="coerce") / pd.to_numeric(last["log_K"], errors="coerce")
+    last = last.merge(cells[cols].assign(lnk=ln_k(cells)), on=cols, how="left")
+    last["ratio"] = pd.to_numeric(last["teacher_entropy"], errors="coerce") / last["lnk"]
     g = last.dropna(subset=["ratio"]).groupby(KEYS, sort=False)["ratio"]
     return pd.DataFrame({"ent_mean": g.mean(), "ent_std": g.std(ddof=1), "ent_n": g.size()})
 
@@ -221,7 +230,7 @@ def _direction(paper: dict, ours: Stats, dpaper: dict | None, dours: Stats | Non
         limit = APPROX_SLACK + 2 * noise
         return ("yes" if abs(do) <= limit else "no"), f"{tag}; paper ≈, limit {limit:.1f}"
     if abs(do) <= noise:
-        return "inconclusive", f"{tag}; |ours Δ| within noise"
+        return "inconclusive", f"{tag}; ours Δ within the noise"
     return ("yes" if (do > 0) == (dp > 0) else "no"), tag
 
 
@@ -317,7 +326,8 @@ def display_frame(study: dict, num: pd.DataFrame) -> pd.DataFrame:
     d["n"] = num["n"].astype(str)
     d["collapsed"] = [f"{k}/{n}" if n else "" for k, n in zip(num["n_collapsed"], num["n"])]
     if "time_mean_s" in num:
-        d["time/epoch (s)"] = [fmt_mean_std(m, s, n) for m, s, n in zip(num["time_mean_s"], num["time_std_s"], num["n"])]
+        d["time/epoch (s)"] = [fmt_mean_std(m, s, n)
+                               for m, s, n in zip(num["time_mean_s"], num["time_std_s"], num["n"])]
         d["peak mem (MB)"] = num["peak_mem_mb_mean"].map(lambda x: fmt_num(x, 0))
         d["paper time (h)"], d["paper mem (GB)"] = num["paper_time_h"].map(fmt_num), num["paper_mem_gb"].map(fmt_num)
     if "paper_entropy" in num:
@@ -325,7 +335,8 @@ def display_frame(study: dict, num: pd.DataFrame) -> pd.DataFrame:
         d["ours H(Pt)/ln K"] = [fmt_mean_std(m, s, n, 2) for m, s, n in zip(
             num["entropy_last_over_lnK_mean"], num["entropy_last_over_lnK_std"], num["entropy_n"])]
     d["agrees"], d["note"] = num["agrees"], num["note"]
-    return d
+    empty = [c for c in ("paper k-NN", "paper linear") if (d[c] == "").all()]   # e.g. Table 8 has no k-NN
+    return d.drop(columns=empty)
 
 
 def study_table(study: dict, agg: pd.DataFrame, ent: pd.DataFrame) -> Table:
@@ -491,7 +502,7 @@ def _order(study: dict, present) -> list[str]:
 
 
 def _log_k(cells: pd.DataFrame, study: str) -> list[float]:
-    v = pd.to_numeric(cells.loc[cells["study"] == study, "log_K"], errors="coerce").dropna().round(6)
+    v = ln_k(cells)[cells["study"] == study].dropna().round(6)
     return sorted(set(v))
 
 
@@ -532,10 +543,8 @@ def cost_spec(study: dict, seeds: pd.DataFrame) -> FigureSpec | None:
         return None
     col = study["columns"][0]
     label = {r["name"]: str((r.get("columns") or {}).get(col, r["name"])) for r in study["rows"]}
-    data = pd.DataFrame({"row": ok["row"], "label": ok["row"].map(label),
-                         "knn": pd.to_numeric(ok["knn20_top1"], errors="coerce"),
-                         "time": pd.to_numeric(ok["epoch_time_s"], errors="coerce"),
-                         "mem": pd.to_numeric(ok["peak_mem_mb"], errors="coerce")}).reset_index(drop=True)
+    data = pd.DataFrame({"row": ok["row"], "label": ok["row"].map(label), "knn": num_col(ok, "knn20_top1"),
+                         "time": num_col(ok, "epoch_time_s"), "mem": num_col(ok, "peak_mem_mb")}).reset_index(drop=True)
     paper = pd.DataFrame([{"row": r["name"], "label": label[r["name"]], **{k: (r.get("paper") or {}).get(k)
                            for k in ("linear", "time_h", "mem_gb")}} for r in study["rows"]])
     return FigureSpec(f"{study['study']}_cost.png", "cost", f"{study['title']}: accuracy vs time and memory",
@@ -547,8 +556,8 @@ def curves_spec(studies: list[dict], curves: pd.DataFrame, cells: pd.DataFrame) 
     if curves.empty:
         return None
     keys = KEYS + ["seed"]
-    d = curves.merge(cells[keys + ["log_K"]], on=keys, how="left")
-    lnk = pd.to_numeric(d["log_K"], errors="coerce")
+    d = curves.merge(cells[keys].assign(lnk=ln_k(cells)), on=keys, how="left")
+    lnk = d["lnk"]
     data = pd.DataFrame({"study": d["study"], "row": d["row"], "seed": d["seed"], "epoch": d["epoch"],
                          "loss_lnk": pd.to_numeric(d["loss"], errors="coerce") / lnk,
                          "ent_lnk": pd.to_numeric(d["teacher_entropy"], errors="coerce") / lnk})
@@ -601,11 +610,12 @@ def summary_paragraph(effects: list[Effect], tables: list[Table]) -> str:
 def _env_lines(env: dict | None) -> list[str]:
     if not env:
         return ["results/env.json is absent."]
-    first = [k for k in ("git_sha", "torch", "device", "cpu", "profile", "seeds", "wall_time_s") if k in env]
+    first = [k for k in ("git_sha", "torch", "device", "cpu", "profile", "seeds", "wall_time_s",
+                         "cells_wall_time_s") if k in env]
     lines = []
     for k in first + sorted(set(env) - set(first)):
         v = env[k]
-        if k == "wall_time_s" and _finite(v):
+        if k.endswith("wall_time_s") and _finite(v):
             v = f"{float(v):.0f} s ({float(v) / 3600:.2f} h)"
         elif isinstance(v, (dict, list)):
             v = json.dumps(v, sort_keys=True)
@@ -681,6 +691,12 @@ def _plt():
     return plt, sns
 
 
+def _integer_epochs(*axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _legend_right(sns, ax) -> None:
     if ax.get_legend() is not None:
         sns.move_legend(ax, "center left", bbox_to_anchor=(1.02, 0.5), title=None, frameon=False)
@@ -698,7 +714,8 @@ def render_fig7(spec: FigureSpec, results: Path):
     ax[0].set(ylabel="teacher entropy (nats)", title="target entropy h(Pt)")
     ax[1].set(ylabel="KL(Pt ‖ Ps) (nats)", title="KL(teacher ‖ student)")
     _legend_right(sns, ax[1])
-    fig.suptitle(spec.title)
+    _integer_epochs(*ax)
+    fig.suptitle(spec.title, y=1.03)
     return fig
 
 
@@ -741,7 +758,8 @@ def render_cost(spec: FigureSpec, results: Path):
             _errorbars(ax[1, j], paper.dropna(subset=[px]), px, "linear", colors, False)
         ax[1, j].set(xlabel=pxl, ylabel="paper: linear top-1 (%)", title="paper")
     handles, labels = ax[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=min(len(labels), 4),
+               frameon=False)
     fig.suptitle(spec.title)
     fig.subplots_adjust(hspace=0.45, wspace=0.3)
     return fig
@@ -757,9 +775,10 @@ def render_curves(spec: FigureSpec, results: Path):
         sns.lineplot(y="loss_lnk", ax=ax[i, 0], legend=False, **kw)
         sns.lineplot(y="ent_lnk", ax=ax[i, 1], **kw)
         ax[i, 1].axhline(1.0, ls="--", color="0.5", lw=0.8)
-        ax[i, 0].set(title=f"{title}: loss / ln K", ylabel="loss / ln K")
-        ax[i, 1].set(title="teacher entropy / ln K", ylabel="h(Pt) / ln K")
+        ax[i, 0].set(title=f"{title.split(':')[0]}: loss / ln K", ylabel="loss / ln K")
+        ax[i, 1].set(title=f"{title.split(':')[0]}: teacher entropy / ln K", ylabel="h(Pt) / ln K")
         _legend_right(sns, ax[i, 1])
+        _integer_epochs(ax[i, 0], ax[i, 1])
     fig.suptitle(spec.title, y=1.0)
     fig.subplots_adjust(hspace=0.55, wspace=0.25, top=1 - 0.35 / len(facets))
     return fig
@@ -808,7 +827,7 @@ def write_report(report: Report, results: Path) -> None:
         base = results / "tables" / t.study
         atomic_write_bytes(base.with_suffix(".md"), table_markdown(t).encode())
         atomic_write_bytes(base.with_suffix(".tex"), table_latex(t).encode())
-        atomic_write_bytes(base.with_suffix(".csv"), t.numeric.to_csv(index=False).encode())
+        atomic_write_bytes(base.with_suffix(".csv"), t.numeric.to_csv(index=False, float_format="%.10g").encode())
         log.info("table %s: %s", t.study, dict(t.numeric["agrees"].value_counts().sort_index()))
     for f in report.figures:
         atomic_write_bytes(results / "plots" / f.name, render_png(f, results))

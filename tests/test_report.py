@@ -239,6 +239,14 @@ def test_collapse_fallback_to_chance():
     assert R.aggregate(cells, num_classes=10).loc[("s", "r"), "n_collapsed"] == 2  # 12 <= 10 + 5
 
 
+def test_ln_k_falls_back_to_run_summary():
+    cells = fake_cells({("fig7_collapse", "sharpening_only"): [ok(10.0, True)] * 2})
+    cells["ln_k"], cells["log_K"] = LN_K, [LN_K, float("nan")]                   # e.g. no eval for seed 1
+    ent = R.final_entropy(fake_curves(cells), cells)
+    assert ent.loc[("fig7_collapse", "sharpening_only"), "ent_n"] == 2
+    assert ent.loc[("fig7_collapse", "sharpening_only"), "ent_mean"] == pytest.approx(0.055)
+
+
 # ------------------------------------------------------------------ effects, crafted data
 def _effects(spec: dict, final=None) -> dict[str, str]:
     cells = fake_cells(spec)
@@ -282,7 +290,7 @@ def test_optional_inputs_present(tmp_path):
     Image.new("RGB", (50, 50)).save(results / "tune" / "optimization_history.png")
     (results / "tune" / "trials.csv").write_text("number,value\n0,1.0\n")
     (results / "env.json").write_text(json.dumps({"git_sha": "abc123", "torch": "2.14.1", "device": "cpu",
-                                                  "profile": "default", "seeds": [0, 1, 2], "wall_time_s": 7200}))
+                                                  "profile": "default", "seeds": [0, 1, 2], "cells_wall_time_s": 7200}))
     (results / "baselines.json").write_text(json.dumps({"random_init": {"knn20_top1": 31.25},
                                                        "raw_pixels": {"knn20_top1": 40.5}}))
     R.main(["--results", str(results), "--ablations", str(ablations)])
@@ -290,7 +298,7 @@ def test_optional_inputs_present(tmp_path):
     assert att.startswith(PNG) and len(att) > 1024
     readme = (results / "README.md").read_text()
     for s in ("(plots/attention.png)", "(attention/attn_000.png)", "(tune/optimization_history.png)",
-              "(tune/trials.csv)", "git_sha: `abc123`", "wall_time_s: `7200 s (2.00 h)`", "random_init: 31.2",
+              "(tune/trials.csv)", "git_sha: `abc123`", "cells_wall_time_s: `7200 s (2.00 h)`", "random_init: 31.2",
               "seeds: `[0, 1, 2]`"):
         assert s in readme, s
     assert {p.name for p in (results / "tables").iterdir()} == {"multicrop.md", "multicrop.tex", "multicrop.csv"}
