@@ -39,12 +39,35 @@ def init_distributed(device: str) -> tuple[int, int]:
     if device == "cuda":
         torch.cuda.set_device(local)
     dist.init_process_group(backend, rank=rank, world_size=world)
+    global _OWNED
+    _OWNED = True
     log.info("process group: rank %d/%d (local %d), backend %s", rank, world, local, backend)
     return rank, world
 
 
+_OWNED = False   # True while the process group is the one init_distributed started
+
+
+def release() -> None:
+    """Leave the process group init_distributed started (after a barrier); no-op otherwise.
+
+    train() calls it on return, so what follows runs per process: rank 0 evaluates alone
+    (a collective that only rank 0 entered would hang). A group started by the caller stays.
+    """
+    global _OWNED
+    if _OWNED and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    _OWNED = False
+
+
 def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+    """Rank 0 of the group; without a group (single process, or after release()) the rank the
+    environment gives (torchrun / SLURM / submitit), so that other ranks stay non-main."""
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    ranks = env_ranks()
+    return ranks is None or ranks[0] == 0
 
 
 def world_size() -> int:

@@ -117,7 +117,7 @@ class DINOLoss(nn.Module):
     def _infonce(self, zs: Tensor, zt: Tensor) -> Tensor:
         """MoCo-v2: -log exp(zs.zt/T) / (exp(zs.zt/T) + sum_queue exp(zs.n/T))."""
         pos = (zs * zt).sum(dim=-1, keepdim=True)
-        neg = zs @ self.queue.t()
+        neg = zs @ self.queue.clone().t()   # clone: _enqueue writes the queue in place before backward
         logits = torch.cat((pos, neg), dim=1) / self.infonce_temp
         return F.cross_entropy(logits, torch.zeros(zs.shape[0], dtype=torch.long, device=zs.device))
 
@@ -126,8 +126,10 @@ class DINOLoss(nn.Module):
         """Fig. 7 signals: h(P_t), H(mean_b P_t), KL(P_t || P_s) = CE - h(P_t) (pair mean)."""
         h = entropy(q)                                         # (n_global, B)
         kl = (ce - h.mean(dim=1, keepdim=True))[mask].sum() / n_terms
+        q2 = q.reshape(-1, q.shape[-1])                        # the batch mean over all processes:
+        mean_q = all_reduce_sum(q2.sum(dim=0)) / (q2.shape[0] * world_size())
         return {"ce": ce[mask].sum() / n_terms, "teacher_entropy": h.mean(),
-                "teacher_batch_entropy": entropy(q.reshape(-1, q.shape[-1]).mean(dim=0)), "kl": kl}
+                "teacher_batch_entropy": entropy(mean_q), "kl": kl}
 
     @torch.no_grad()
     def update_center(self, teacher_out: Tensor) -> None:

@@ -92,6 +92,7 @@ class Run:
     precision: str
     sched: Schedules
     loader: DataLoader
+    last_finite_loss: float = float("nan")   # carried across epochs for the divergence message
 
 
 def setup(cfg: Config, dataset: Dataset, mean, std) -> Run:
@@ -157,14 +158,14 @@ def train_one_epoch(run: Run, epoch: int, t0: float, start_epoch: int) -> dict:
     run.loader.dataset.set_epoch(epoch)
     torch.manual_seed(cfg.train.seed * 1000 + epoch)   # drop-path draws: fixed per epoch for resume
     sums: dict[str, torch.Tensor] = {}
-    last_finite = float("nan")
+    last_finite = run.last_finite_loss   # a divergence at step 0 reports the previous epoch's last loss
     for i, (crops, _) in enumerate(run.loader):
         it = epoch * n + i
         crops = [c.to(run.device, non_blocking=True) for c in crops]
         loss, stats = run_step_checked(run, crops, it, epoch)
         if loss is None:
             return {"diverged": True, "epoch": epoch, "step": i, "last_finite_loss": last_finite}
-        last_finite = float(loss)
+        last_finite = run.last_finite_loss = float(loss)
         for k, v in {"loss": loss, **stats}.items():
             sums[k] = sums.get(k, 0.0) + v.detach().float()
         if D.is_main() and ((i + 1) % cfg.train.log_every == 0 or i + 1 == n):
@@ -202,6 +203,11 @@ def train(cfg: Config, out_dir: str | Path, dataset: Dataset, mean, std,
     ckpt = dict(student=run.student_mod, teacher=run.teacher_net, optimizer=run.optimizer,
                 dino_loss=run.loss, scaler=run.scaler)
     start = load_checkpoint(out_dir, **ckpt)
+    if start >= cfg.train.epochs and (out_dir / "metrics.json").is_file():
+        # already trained: keep its metrics (re-running the loop would rewrite them with no epoch stats)
+        log.info("%s: already trained for %d epochs; metrics.json kept", out_dir, start)
+        D.release()
+        return json.loads((out_dir / "metrics.json").read_text())
     logfile = out_dir / "log.jsonl"
     if D.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -233,4 +239,5 @@ def train(cfg: Config, out_dir: str | Path, dataset: Dataset, mean, std,
                "world_size": D.world_size(), **{f"final_{k}": v for k, v in result.items()}}
     if D.is_main():
         atomic_write_json(out_dir / "metrics.json", metrics)
+    D.release()   # DDP: leave the group setup() started; rank 0 evaluates alone afterwards
     return metrics

@@ -37,6 +37,8 @@ when there are too few complete trials).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -340,7 +342,8 @@ def _param_spec(e: Any, i: int, path: Path, base: dict, fixed: dict) -> ParamSpe
         step = e.get("step")
         if step is not None:
             if not _num(step) or step <= 0 or (kind == "int" and not float(step).is_integer()):
-                raise ValueError(f"{where}: step {step!r} must be a positive {'integer' if kind == 'int' else 'number'}")
+                what = "integer" if kind == "int" else "number"
+                raise ValueError(f"{where}: step {step!r} must be a positive {what}")
             if log_:
                 raise ValueError(f"{where}: step and log cannot be combined")
             step = int(step) if kind == "int" else float(step)
@@ -367,6 +370,18 @@ class Plan:
 
     def trial_params(self, values: dict) -> dict:
         return merge(self.base, self.space.diff(values), "trial")
+
+    def fingerprint(self) -> str:
+        """Hash of what a trial computes apart from the sampled values: the trial params (searched
+        keys left out), the space, the objective. Budget, workers, seed and pruner are not in it."""
+        base = json.loads(json.dumps(self.base))
+        for p in self.space.params:
+            section, field = p.key.split(".")
+            base[section].pop(field, None)
+        s = self.settings
+        blob = {"base": base, "space": [dataclasses.asdict(p) for p in self.space.params],
+                "objective": [s.split, s.holdout_fraction if s.split == "holdout" else None, s.knn_k]}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
 def trial_base(params: dict, settings: TuneSettings, root: Path = ROOT) -> dict:
@@ -422,6 +437,21 @@ def open_study(s: TuneSettings, create: bool = False) -> tuple[optuna.Study, opt
     if create:
         return optuna.create_study(direction=DIRECTION, load_if_exists=True, **kw), storage
     return optuna.load_study(**kw), storage
+
+
+def check_fingerprint(study: optuna.Study, plan: Plan) -> None:
+    """A study continues only with the setup it was run with (else its trials would not compare)."""
+    fp, old = plan.fingerprint(), study.user_attrs.get("fingerprint")
+    if old is not None and old != fp:
+        raise ValueError(
+            f"tune: study {study.study_name!r} in {plan.settings.storage} was run with another setup "
+            f"(fingerprint {old}, now {fp}): the profile, tune.epochs, the search space "
+            f"({plan.space.path}) or the objective changed. Use a new tune.study_name (or delete the "
+            "study) to start over; n_trials, n_workers, seed and pruner may change freely.")
+    if old is None:
+        study.set_user_attr("fingerprint", fp)
+        study.set_user_attr("space", [dataclasses.asdict(p) for p in plan.space.params])
+        study.set_user_attr("epochs", plan.base["train"]["epochs"])
 
 
 def _lock(s: TuneSettings):
@@ -778,15 +808,18 @@ def run_tune(params: dict, root: Path = ROOT, launch_overrides: dict | None = No
     s0 = tune_settings(params, root)
     launch = load_launch_config(root / "launch.yaml", {
         **(launch_overrides or {}), "local.tasks_per_node": 1, "slurm.tasks_per_node": 1, "slurm.nodes": 1})
-    threads = None
-    if launch.executor == "local":   # share the cores between the local worker processes
+    threads = None                   # torch threads per worker (oversubscribed threads are >10x slower)
+    if launch.executor == "local":   # share this machine's cores between the local worker processes
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         threads = max(1, cores // max(1, min(s0.n_workers, local_parallelism(launch))))
+    elif launch.executor == "slurm":  # the job's CPUs (torch would take every core of the node)
+        threads = launch.slurm.cpus_per_task
     plan = make_plan(params, root, threads)           # raises before any trial on bad input
     s = plan.settings
     if s.storage.startswith("sqlite") and s.n_workers > 1:
         log.warning("tune: SQLite is not meant for parallel workers; use the journal file or PostgreSQL")
     study, storage = open_study(s, create=True)
+    check_fingerprint(study, plan)
     fail_stale(study, storage, s)
     have = counted(study.get_trials(deepcopy=False))
     resume = claimed_running(study, s)

@@ -48,7 +48,8 @@ def repo(copy: Path) -> Path:
 
 
 def _env(repo: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(repo), "DINO_LAUNCH_EXECUTOR": "debug", "DVC_NO_ANALYTICS": "1",
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"   # dvc runs `python`
+    return {**os.environ, "PATH": path, "PYTHONPATH": str(repo), "DINO_LAUNCH_EXECUTOR": "debug", "DVC_NO_ANALYTICS": "1",
             "MPLBACKEND": "Agg"}
 
 
