@@ -21,6 +21,15 @@ def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
     return x * keep / (1 - p)
 
 
+def add_drop_path(x: Tensor, y: Tensor, p: float, training: bool) -> Tensor:
+    """x + drop_path(y) in one fused addcmul (same Bernoulli draws as drop_path; the per-sample
+    scale keep / (1 - p) is computed on the (B, 1, ...) tensor, not on y)."""
+    if p == 0.0 or not training:
+        return x + y
+    keep = y.new_empty((y.shape[0],) + (1,) * (y.ndim - 1)).bernoulli_(1 - p)
+    return torch.addcmul(x, y, keep.to(x.dtype).div_(1 - p))
+
+
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -67,8 +76,8 @@ class Block(nn.Module):
         y, attn = self.attn(self.norm1(x), return_attention)
         if return_attention:
             return attn
-        x = x + drop_path(y, self.drop_path, self.training)
-        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+        x = add_drop_path(x, y, self.drop_path, self.training)
+        return add_drop_path(x, self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
 class PatchEmbed(nn.Module):

@@ -16,7 +16,7 @@ import pandas as pd
 from dino_core.checkpoint import atomic_write_text
 from dino_core.config import Config
 
-from .cell import run_cell
+from .ddp_entry import train_cell_ddp
 from .launch import CellFailed, load_launch_config, run_cells
 from .params import ROOT, Cell, grid_cells, load_all
 from .store import cell_dir, is_done, read_done
@@ -45,7 +45,7 @@ def run_grid(params: dict, launch_overrides: dict | None = None, root: Path = RO
     outcomes = {}
     if pending:
         launch = load_launch_config(root / "launch.yaml", launch_overrides)
-        results = run_cells(run_cell, [(str(store / "cells" / h), unique[h]) for h in pending], launch,
+        results = run_cells(train_cell_ddp, [(str(store / "cells" / h), unique[h]) for h in pending], launch,
                             root / launch.folder, name="dino-grid")
         outcomes = dict(zip(pending, results))
     statuses = []

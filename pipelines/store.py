@@ -18,9 +18,17 @@ from dino_core.config import Config
 DONE = "DONE"
 
 
+# Keys that cannot change a result: loader workers (augmentations are seeded per sample) and
+# the progress-line interval. They are left out of a cell's identity.
+NEUTRAL = (("data", "num_workers"), ("train", "log_every"))
+
+
 def cell_hash(cfg: Config) -> str:
     """sha256 of the canonical JSON of the resolved config (the seed is train.seed), 16 hex."""
-    blob = json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"))
+    d = cfg.to_dict()
+    for section, key in NEUTRAL:
+        d[section].pop(key)
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

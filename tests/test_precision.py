@@ -1,0 +1,102 @@
+"""Precision and the benchmark: bf16 autocast keeps the fp32 loss trajectory (small scale), the
+official-style step of the bench does the same work as ours, and the bench runs end to end."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from dino_core.config import Config
+from dino_core.train import train_step
+from pipelines import bench
+
+torch.set_num_threads(2)
+
+STEPS = 50
+# bf16 keeps 8 mantissa bits (relative rounding 2^-9 = 0.2 %): over 50 steps of the small model the
+# bf16 loss stays within this of the fp32 loss at every step (relative), and the curves end equal.
+BF16_REL_TOL = 0.02
+BF16_END_TOL = 0.01
+
+
+def small_config(precision: str, drop_path: float = 0.1) -> Config:
+    """The bench's "tiny" config (vit_custom dim 32, depth 2, K 256, batch 8), 50 one-step epochs,
+    a learning rate large enough that the loss moves over 50 steps."""
+    d = bench.build_config("tiny", precision, "cpu").to_dict()
+    d["train"]["epochs"] = STEPS
+    d["optim"].update(lr=0.05, warmup_epochs=5)
+    d["model"]["drop_path_rate"] = drop_path
+    return Config.from_dict(d)
+
+
+def loss_curve(precision: str) -> list[float]:
+    cfg = small_config(precision)
+    run = bench.make_run(cfg)            # seeds the weights from train.seed: equal for both precisions
+    assert run.precision == precision
+    batches = [bench.random_crops(cfg, run.device, seed=s) for s in range(4)]
+    torch.manual_seed(1)                  # equal drop-path draws
+    return [float(train_step(run, batches[i % 4], i, i)[0]) for i in range(STEPS)]
+
+
+def test_bf16_autocast_keeps_the_fp32_loss_curve():
+    fp32, bf16 = loss_curve("fp32"), loss_curve("bf16")
+    assert all(math.isfinite(x) for x in fp32 + bf16)
+    assert fp32[-1] < fp32[0] - 0.1, "the small run must actually train for the comparison to mean anything"
+    rel = [abs(a - b) / abs(a) for a, b in zip(fp32, bf16)]
+    assert max(rel) < BF16_REL_TOL, f"max relative gap {max(rel):.4f} at step {rel.index(max(rel))}"
+    tail = slice(STEPS - 10, STEPS)
+    end_gap = abs(sum(fp32[tail]) - sum(bf16[tail])) / abs(sum(fp32[tail]))
+    assert end_gap < BF16_END_TOL, f"last-10-step mean differs by {end_gap:.4f}"
+
+
+def test_official_style_step_does_the_same_work_as_ours():
+    """Same weights, same crops, no drop path: the official-style re-implementation gives our loss,
+    parameters and teacher after three steps (float rounding only), so the bench ratio is fair."""
+    cfg = small_config("fp32", drop_path=0.0)
+    run = bench.make_run(cfg)
+    off = bench.OfficialStep(run)
+    crops = bench.random_crops(cfg, run.device)
+    for it in range(1, 4):
+        ours = float(train_step(run, crops, it, it)[0])
+        theirs = off.step(crops, it, it)
+        assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-5)
+    for mine, other in ((run.student_mod, off.student), (run.teacher_net, off.teacher)):
+        a, b = mine.state_dict(), other.state_dict()
+        assert a.keys() == b.keys()
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    assert torch.allclose(run.loss.center, off.loss.center, atol=1e-6)
+
+
+def test_configs_are_diffs_over_params():
+    toy = bench.build_config("cpu-toy", "fp32", "cpu")
+    assert (toy.model.arch, toy.model.patch_size, toy.head.out_dim, toy.head.hidden_dim) == ("vit_tiny", 4, 4096, 2048)
+    assert (toy.crops.global_size, toy.crops.local_size, toy.crops.local_number, toy.optim.batch_size) == (32, 16, 6, 64)
+    s16 = bench.build_config("vit-s16", "bf16", "cpu")
+    assert (s16.model.arch, s16.model.patch_size, s16.crops.global_size, s16.crops.local_number) == \
+        ("vit_small", 16, 224, 10)
+    assert toy.loss == s16.loss   # everything not in the diff comes from params.yaml
+    with pytest.raises(ValueError, match="unknown bench config"):
+        bench.build_config("nope")
+
+
+def test_bench_tiny_end_to_end_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(["--configs", "tiny", "--steps", "2", "--warmup", "1", "--device", "cpu", "--knn-size", "300x3000",
+                "--data-batches", "3", "--data-workers", "0", "--data-root", str(tmp_path / "no-data"),
+                "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert {"device", "cpu_model", "torch", "git_sha", "loadavg_start", "loadavg_end"} <= set(r["env"])
+    rows = {row["variant"]: row for row in r["train_step"]}
+    assert set(rows) == {"ours", "official-style"}
+    for row in rows.values():
+        assert row["s_per_step"] > 0 and row["img_per_s"] > 0 and len(row["times_s"]) == 2
+        assert row["cpu_s_per_step"] > 0 and math.isfinite(row["peak_mem_mb"]) and row["precision"] == "fp32"
+        assert len(row["loadavg"]) == 2
+    assert r["speedup"][0]["ratio"] > 0
+    knn = r["knn"][0]
+    assert (knn["n_query"], knn["n_train"], knn["dim"]) == (300, 3000, 384)
+    assert knn["time_s"] > 0 and math.isfinite(knn["peak_mem_mb"]) and knn["bound_mb"] > 0
+    (data,) = r["data_pipeline"]
+    assert data["workers"] == 0 and data["img_per_s"] > 0 and data["source"] == "random PIL images"
