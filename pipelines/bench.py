@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 import math
 import os
@@ -68,13 +69,15 @@ CONFIGS: dict[str, dict] = {
 
 
 def build_config(name: str, precision: str = "auto", device: str = "auto",
-                 params: str | Path = REPO / "params.yaml") -> Config:
-    """params.yaml merged with the named config's diff (and precision / device)."""
+                 params: str | Path = REPO / "params.yaml", attn_impl: str | None = None) -> Config:
+    """params.yaml merged with the named config's diff (and precision / device / attention)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown bench config {name!r}; allowed: {', '.join(CONFIGS)}")
     core = {f.name for f in dataclasses.fields(Config)}   # params.yaml also holds pipeline sections
     base = {k: v for k, v in load_params(params).items() if k in core}
     diff = {**CONFIGS[name], "train": {"precision": precision, "device": device}}
+    if attn_impl is not None:
+        diff["model"] = {**diff.get("model", {}), "attn_impl": attn_impl}
     return Config.from_dict(merge(base, diff, f"bench config {name}"), source=f"bench config {name}")
 
 
@@ -634,6 +637,24 @@ def bench_data(cfg: Config, workers: Sequence[int], batches: int, root: str | Pa
 
 
 # ------------------------------------------------------------------------------------------ main
+def _in_child(name: str, threads: int | None, *args, **kw) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return getattr(importlib.import_module("pipelines.bench"), name)(*args, **kw)
+
+
+def measure(name: str, *args, isolate: bool = True, threads: int | None = None, **kw) -> dict:
+    """Run the bench function ``name`` in a fresh spawned process (default), so that its peak memory
+    is its own and not the leftovers of earlier measurements; or in this process."""
+    if not isolate:
+        return getattr(importlib.import_module("pipelines.bench"), name)(*args, **kw)
+    import concurrent.futures
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        return ex.submit(_in_child, name, threads, *args, **kw).result()
+
+
 def _fmt(x, spec: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -642,13 +663,13 @@ def table(result: dict) -> str:
     lines = [f"device {result['env']['device']} ({result['env'].get('gpu') or result['env']['cpu_model']}, "
              f"{result['env']['torch_threads']} threads), torch {result['env']['torch']}, "
              f"git {result['env']['git_sha']}",
-             f"{'config':<9} {'variant':<15} {'prec':<5} {'s/step':>8} {'cpu s':>8} {'img/s':>8} {'peak MB':>9} "
+             f"{'config':<9} {'variant':<20} {'prec':<5} {'s/step':>8} {'cpu s':>8} {'img/s':>8} {'peak MB':>9} "
              f"{'compile s':>9}  loadavg(1/5/15 start->end)"]
     for r in result["train_step"]:
         if "error" in r:
-            lines.append(f"{r['config']:<9} {r['variant']:<15} {r.get('precision', '?'):<5} error: {r['error']}")
+            lines.append(f"{r['config']:<9} {r['variant']:<20} {r.get('precision', '?'):<5} error: {r['error']}")
             continue
-        lines.append(f"{r['config']:<9} {r['variant']:<15} {r['precision']:<5} {r['s_per_step']:>8.3f} "
+        lines.append(f"{r['config']:<9} {r['variant']:<20} {r['precision']:<5} {r['s_per_step']:>8.3f} "
                      f"{r['cpu_s_per_step']:>8.3f} "
                      f"{r['img_per_s']:>8.1f} {_fmt(r['peak_mem_mb'], '9.0f')} {_fmt(r.get('compile_s'), '>9.1f')}"
                      f"  {r['loadavg'][0]} -> {r['loadavg'][1]}")
@@ -674,6 +695,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--attn", default="params",
+                   help="comma list of model.attn_impl to time: params (params.yaml's), auto, explicit, sdpa")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--no-official", action="store_true", help="skip the official-style step")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd student and teacher")
@@ -684,6 +707,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--data-workers", default="0,1,2")
     p.add_argument("--data-batches", type=int, default=10)
     p.add_argument("--data-root", default=None, help="shapes root (default: params data.root, then data/shapes)")
+    p.add_argument("--no-isolate", action="store_true",
+                   help="measure in this process (default: one fresh process per measurement)")
     p.add_argument("--out", default=str(REPO / "results" / "bench.json"))
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -691,9 +716,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         torch.set_num_threads(a.threads)
     configs = [c for c in a.configs.split(",") if c]
     precisions = [x for x in a.precisions.split(",") if x]
+    attns = [x for x in a.attn.split(",") if x]
     for c in configs:
         build_config(c)   # fail fast on a bad name
     device = resolve_device(a.device)
+    iso = {"isolate": not a.no_isolate, "threads": a.threads}
     result: dict = {"env": environment(device), "args": vars(a), "train_step": [], "speedup": []}
 
     def record(name: str, variant: str, fn: Callable[[], dict], cfg: Config) -> dict | None:
@@ -705,7 +732,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             log.exception("%s %s failed", name, variant)
             result["train_step"].append({"config": name, "variant": variant, "error": repr(exc)})
             return None
-        r.update(config=name, variant=variant, batch_size=cfg.optim.batch_size,
+        r.update(config=name, variant=variant, batch_size=cfg.optim.batch_size, attn_impl=cfg.model.attn_impl,
                  img_per_s=cfg.optim.batch_size / r["s_per_step"], loadavg=[la0, loadavg()])
         result["train_step"].append(r)
         log.info("%s %s %s: %.3f s/step, %.1f img/s, peak %.0f MB", name, variant, r["precision"], r["s_per_step"],
@@ -714,13 +741,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     for name in configs:
         for prec in precisions:
+            for attn in attns:
+                cfg = build_config(name, prec, a.device, attn_impl=None if attn == "params" else attn)
+                variant = "ours" if attn == "params" else f"ours attn={attn}"
+                record(name, variant, lambda: measure("bench_step", cfg, a.warmup, a.steps, **iso), cfg)
             cfg = build_config(name, prec, a.device)
-            record(name, "ours", lambda: bench_step(cfg, a.warmup, a.steps), cfg)
             if a.compile:
-                record(name, "ours+compile", lambda: bench_step(cfg, a.warmup, a.steps, compile=True), cfg)
+                record(name, "ours+compile",
+                       lambda: measure("bench_step", cfg, a.warmup, a.steps, compile=True, **iso), cfg)
         if not a.no_official:
             cfg = build_config(name, "fp32", a.device)
-            off = record(name, "official-style", lambda: bench_official(cfg, a.warmup, a.steps), cfg)
+            off = record(name, "official-style", lambda: measure("bench_official", cfg, a.warmup, a.steps, **iso),
+                         cfg)
             for r in result["train_step"]:
                 if off and r.get("config") == name and r.get("variant", "").startswith("ours") and "error" not in r:
                     result["speedup"].append({"config": name, "ours": f"{r['variant']} {r['precision']}",
@@ -730,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not a.no_knn:
         q, n = (50_000, 1_000_000) if a.knn_full else map(int, a.knn_size.lower().split("x"))
         log.info("timing k-NN %d x %d ...", q, n)
-        result["knn"] = [bench_knn(q, n, device=a.device)]
+        result["knn"] = [measure("bench_knn", q, n, device=a.device, **iso)]
     if not a.no_data:
         cfg = build_config(configs[0] if configs else "cpu-toy", "fp32", a.device)
         log.info("timing the data pipeline ...")

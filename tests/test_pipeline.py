@@ -34,6 +34,7 @@ def copy(tmp_path: Path) -> Path:
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["profile"] = "tiny"
     params["grid"]["studies"] = STUDIES
+    params["tune"].update(n_trials=2, epochs=2, startup_trials=1, pruner_startup_trials=1)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return dst
 
