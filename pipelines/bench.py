@@ -551,6 +551,36 @@ def bench_official(cfg: Config, warmup: int, steps: int) -> dict:
     return out
 
 
+def bench_paired(cfg: Config, warmup: int, steps: int) -> dict:
+    """Our step and the official-style step alternated in one process (A B A B ...): both see the same
+    machine load, so the median of the per-pair ratios is robust on a shared machine."""
+    run = make_run(cfg)
+    off = OfficialStep(run)
+    crops = random_crops(cfg, run.device)
+    it, epoch = timed_epoch(cfg)
+    fns = {"ours": lambda: float(train_step(run, crops, it, epoch)[0]), "official": lambda: off.step(crops, it, epoch)}
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(steps):
+        for k in (("ours", "official") if i % 2 == 0 else ("official", "ours")):
+            c0, t0 = time.process_time(), time.perf_counter()
+            fns[k]()
+            _sync(run.device)
+            times[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    ratios = [o / u for o, u in zip(times["official"], times["ours"])]
+    return {"precision": run.precision, "official_precision": off.precision, "attn_impl": cfg.model.attn_impl,
+            "ours_s_per_step": statistics.median(times["ours"]), "official_s_per_step": statistics.median(times["official"]),
+            "ours_min_s": min(times["ours"]), "official_min_s": min(times["official"]),
+            "ours_cpu_s": statistics.median(cpu["ours"]), "official_cpu_s": statistics.median(cpu["official"]),
+            "ratio_median": statistics.median(ratios), "ratio_of_mins": min(times["official"]) / min(times["ours"]),
+            "ratios": [round(r, 4) for r in ratios], "ours_times_s": [round(t, 4) for t in times["ours"]],
+            "official_times_s": [round(t, 4) for t in times["official"]]}
+
+
 # ------------------------------------------------------------------------------------------ k-NN
 def bench_knn(n_query: int, n_train: int, dim: int = 384, num_classes: int = 1000,
               ks: Sequence[int] = (10, 20, 100, 200), device: str = "auto", seed: int = 0) -> dict:
@@ -676,6 +706,11 @@ def table(result: dict) -> str:
     for r in result.get("speedup", []):
         lines.append(f"speed-up {r['config']} {r['ours']} vs {r['official']}: x{r['ratio']:.2f} wall "
                      f"(x{r['cpu_ratio']:.2f} process CPU time)")
+    for r in result.get("paired", []):
+        lines.append(f"paired {r['config']} ({len(r['ratios'])} alternating steps each): ours {r['precision']} "
+                     f"{r['ours_s_per_step']:.3f} s/step, official-style {r['official_precision']} "
+                     f"{r['official_s_per_step']:.3f} s/step, speed-up x{r['ratio_median']:.2f} (median of pair "
+                     f"ratios; ratio of minima x{r['ratio_of_mins']:.2f}), loadavg {r['loadavg'][0]} -> {r['loadavg'][1]}")
     k = result.get("knn")
     for r in k or []:
         lines.append(f"k-NN {r['n_query']:,} x {r['n_train']:,} (dim {r['dim']}): {r['time_s']:.1f} s, "
@@ -699,6 +734,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="comma list of model.attn_impl to time: params (params.yaml's), auto, explicit, sdpa")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--no-official", action="store_true", help="skip the official-style step")
+    p.add_argument("--paired", type=int, default=0, metavar="N",
+                   help="also alternate N steps of ours (params' attention) and official-style in one process")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd student and teacher")
     p.add_argument("--knn-full", action="store_true", help="k-NN at 50,000 x 1,000,000 (instead of the small size)")
     p.add_argument("--knn-size", default="5000x100000", help="QUERIESxTRAIN of the default k-NN")
@@ -753,6 +790,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
             cfg = build_config(name, "fp32", a.device)
             off = record(name, "official-style", lambda: measure("bench_official", cfg, a.warmup, a.steps, **iso),
                          cfg)
+            if a.paired:
+                la0 = loadavg()
+                log.info("timing %s ours vs official-style, alternating steps ...", name)
+                pr = measure("bench_paired", cfg, a.warmup, a.paired, **iso)
+                pr.update(config=name, loadavg=[la0, loadavg()])
+                result.setdefault("paired", []).append(pr)
             for r in result["train_step"]:
                 if off and r.get("config") == name and r.get("variant", "").startswith("ours") and "error" not in r:
                     result["speedup"].append({"config": name, "ours": f"{r['variant']} {r['precision']}",
