@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from dino_core.checkpoint import atomic_write_json
 from dino_core.config import Config, load_params, merge
-from dino_core.train import Run, resolve_device, resolve_precision, setup, train_step
+from dino_core.train import Run, resolve_device, setup, train_step
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]

@@ -359,7 +359,7 @@ def make_executor(
             timeout_min=loc.timeout_min,
             tasks_per_node=loc.tasks_per_node,
             gpus_per_node=loc.gpus_per_node,
-            local_setup=_pythonpath_setup(),
+            local_setup=_pythonpath_setup() + [_local_threads(cfg)],
         )
     elif cfg.executor == "debug":
         ex = submitit.AutoExecutor(folder=folder, cluster="debug")
@@ -370,6 +370,14 @@ def make_executor(
         params["name"] = name
     ex.update_parameters(**params)
     return ex
+
+
+def _local_threads(cfg: LaunchConfig) -> str:
+    # cells share the cores: each process gets cores / (cells at once x tasks) intra-op threads,
+    # not torch's default of one per core each, which oversubscribes the machine
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_task = max(1, cores // (local_parallelism(cfg) * max(1, cfg.local.tasks_per_node)))
+    return f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-{per_task}}}"
 
 
 def local_parallelism(cfg: LaunchConfig) -> int:

@@ -122,6 +122,11 @@ def test_bad_params_stop_before_any_cell(copy: Path, edit: dict, needle: str) ->
     for section, values in edit.items():
         params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if "data" in edit:   # the tiny profile sets the dataset: the bad name must reach the resolved config
+        profile = repo / "ablations" / "profiles" / "tiny.yaml"
+        diff = yaml.safe_load(profile.read_text())
+        diff["data"].update(edit["data"])
+        profile.write_text(yaml.safe_dump(diff, sort_keys=False))
     r = subprocess.run([sys.executable, "-m", "pipelines.grid", "--params", "params.yaml"], cwd=repo,
                        env=_env(repo), capture_output=True, text=True)
     assert r.returncode != 0 and needle in r.stderr

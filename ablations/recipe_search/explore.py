@@ -1,0 +1,97 @@
+"""Exploratory recipe trials (session 2): train one variant with k-NN@20 of the teacher every few epochs.
+
+    python ablations/recipe_search/explore.py --variant L2 [--knn-every 4] [--threads 1]
+
+A variant is a diff over explore_base.yaml (the session-1 default profile), listed in explore.yaml beside
+this file; the trajectory goes to ablations/recipe_search/explore/<variant>.jsonl (one line per
+evaluated epoch: loss / ln K, teacher entropy / ln K, KL(teacher||student), k-NN@20 top-1;
+epoch -1 is the random-initialised network). The table of all trials: explore_trials.csv
+(`--summarize`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from dino_core.config import Config  # noqa: E402
+from dino_core.data.registry import NORMALIZATION  # noqa: E402
+from dino_core.train import build_network, train  # noqa: E402
+from pipelines.cell import eval_loaders, knn_of, pretrain_dataset  # noqa: E402
+from pipelines.params import apply_diff  # noqa: E402
+
+
+def run(name: str, diff: dict, knn_every: int, out_dir: Path) -> None:
+    base = yaml.safe_load((HERE / "explore_base.yaml").read_text())
+    cfg = Config.from_dict(apply_diff(base, diff, f"explore.yaml variant {name}"))
+    train_loader, val_loader = eval_loaders(cfg)
+    cpu = torch.device("cpu")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f"{name}.jsonl.tmp"
+    with open(tmp, "w") as fh:
+        torch.manual_seed(cfg.train.seed)
+        knn0 = knn_of(build_network(cfg, False).backbone, cfg, train_loader, val_loader, cpu)["knn20_top1"]
+        fh.write(json.dumps({"epoch": -1, "knn20": knn0}) + "\n")
+        t0, ln_k = time.time(), math.log(cfg.head.out_dim)
+
+        def on_epoch_end(epoch: int, res: dict, run) -> None:
+            if (epoch + 1) % knn_every and epoch + 1 != cfg.train.epochs:
+                return
+            knn = knn_of(run.teacher_net.backbone, cfg, train_loader, val_loader, cpu)["knn20_top1"]
+            fh.write(json.dumps({"epoch": epoch, "t": round(time.time() - t0, 1), "loss_lnK": res["loss"] / ln_k,
+                                 "H_lnK": res["teacher_entropy"] / ln_k, "kl": res["kl"], "knn20": knn}) + "\n")
+            fh.flush()
+        run_dir = out_dir / "runs" / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        mean, std = NORMALIZATION[cfg.data.dataset]
+        train(cfg, run_dir, pretrain_dataset(cfg), mean, std, on_epoch_end=on_epoch_end)
+    tmp.replace(out_dir / f"{name}.jsonl")   # a trajectory that reads as finished is one
+    shutil.rmtree(out_dir / "runs" / name, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", help="a name in explore.yaml")
+    ap.add_argument("--knn-every", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--summarize", action="store_true", help="write explore_trials.csv from the trajectories")
+    args = ap.parse_args()
+    spec = yaml.safe_load((HERE / "explore.yaml").read_text())
+    if args.summarize:
+        import pandas as pd
+        rows = []
+        for v in spec["variants"]:
+            path = HERE / "explore" / f"{v['name']}.jsonl"
+            if not path.is_file():
+                continue
+            traj = pd.read_json(path, lines=True)
+            last = traj.iloc[-1]
+            rows.append({"variant": v["name"], "dataset": v.get("dataset", ""), "note": v.get("note", ""),
+                         "epochs": int(last["epoch"]) + 1, "random_init_knn20": traj.iloc[0]["knn20"],
+                         "final_knn20": last["knn20"], "best_knn20": traj["knn20"].max(),
+                         "final_loss_over_lnK": last["loss_lnK"], "final_H_over_lnK": last["H_lnK"],
+                         "final_kl": last["kl"], "wall_s": last["t"]})
+        pd.DataFrame(rows).to_csv(HERE / "explore_trials.csv", index=False)
+        return
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    variants = {v["name"]: v for v in spec["variants"]}
+    if args.variant not in variants:
+        ap.error(f"--variant {args.variant!r} is not in explore.yaml (known: {sorted(variants)})")
+    v = variants[args.variant]
+    run(v["name"], v.get("diff") or {}, args.knn_every, HERE / "explore")
+
+
+if __name__ == "__main__":
+    main()
