@@ -45,10 +45,10 @@ def run(name: str, diff: dict, knn_every: int, out_dir: Path) -> None:
         fh.write(json.dumps({"epoch": -1, "knn20": knn0}) + "\n")
         t0, ln_k = time.time(), math.log(cfg.head.out_dim)
 
-        def on_epoch_end(epoch: int, res: dict, run) -> None:
+        def on_epoch_end(epoch: int, res: dict, state) -> None:
             if (epoch + 1) % knn_every and epoch + 1 != cfg.train.epochs:
                 return
-            knn = knn_of(run.teacher_net.backbone, cfg, train_loader, val_loader, cpu)["knn20_top1"]
+            knn = knn_of(state.teacher_net.backbone, cfg, train_loader, val_loader, cpu)["knn20_top1"]
             fh.write(json.dumps({"epoch": epoch, "t": round(time.time() - t0, 1), "loss_lnK": res["loss"] / ln_k,
                                  "H_lnK": res["teacher_entropy"] / ln_k, "kl": res["kl"], "knn20": knn}) + "\n")
             fh.flush()
