@@ -6,7 +6,8 @@ A variant is a diff over explore_base.yaml (the session-1 default profile), list
 this file; the trajectory goes to ablations/recipe_search/explore/<variant>.jsonl (one line per
 evaluated epoch: loss / ln K, teacher entropy / ln K, KL(teacher||student), k-NN@20 top-1;
 epoch -1 is the random-initialised network). The table of all trials: explore_trials.csv
-(`--summarize`).
+(`--summarize`). The trained run (checkpoint.pth) stays in explore/runs/<variant>/ (not tracked)
+for probes such as colour_probe.py.
 """
 from __future__ import annotations
 
@@ -57,7 +58,6 @@ def run(name: str, diff: dict, knn_every: int, out_dir: Path) -> None:
         mean, std = NORMALIZATION[cfg.data.dataset]
         train(cfg, run_dir, pretrain_dataset(cfg), mean, std, on_epoch_end=on_epoch_end)
     tmp.replace(out_dir / f"{name}.jsonl")   # a trajectory that reads as finished is one
-    shutil.rmtree(out_dir / "runs" / name, ignore_errors=True)
 
 
 def main() -> None:

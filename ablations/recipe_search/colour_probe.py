@@ -1,0 +1,77 @@
+"""What did DINO learn on shapes? k-NN@20 of the teacher backbone on three labels of the val images:
+the shape class, the hue of the object and the hue of the background (8 hue bins each, from the
+mean RGB inside / outside the object mask), for random-init and trained weights.
+
+    python ablations/recipe_search/explore.py --variant S7        # trains, keeps explore/runs/S7
+    python ablations/recipe_search/colour_probe.py --variant S7
+
+Measured (S7: the default recipe on shapes generator 2, 16 epochs; 2,000 train / 1,000 val):
+random init: shape 14.8, object hue 28.2, background hue 37.7; trained: shape 14.0, object hue
+51.3, background hue 44.6. DINO learns the colours that both crops share, not the outline.
+"""
+from __future__ import annotations
+
+import argparse
+import colorsys
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from dino_core.config import Config  # noqa: E402
+from dino_core.data.registry import build_dataset  # noqa: E402
+from dino_core.evaluate.features import extract_features  # noqa: E402
+from dino_core.evaluate.knn import knn_classify  # noqa: E402
+from dino_core.train import build_network  # noqa: E402
+from pipelines.cell import eval_loaders  # noqa: E402
+from pipelines.params import apply_diff  # noqa: E402
+
+BINS = 8
+
+
+def hue_labels(cfg: Config, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(object hue bin, background hue bin) per image, from the mean colour inside / outside the mask."""
+    ds = build_dataset("shapes", cfg.data.root, split, None, limit=n, with_masks=True)
+    obj, bg = [], []
+    for i in range(len(ds)):
+        image, _, mask = ds[i]
+        rgb, m = np.asarray(image, dtype=np.float32) / 255, np.asarray(mask).astype(bool)
+        for out, sel in ((obj, m), (bg, ~m)):
+            h = colorsys.rgb_to_hsv(*rgb[sel].mean(axis=0))[0]
+            out.append(int(h * BINS) % BINS)
+    return torch.tensor(obj), torch.tensor(bg)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", required=True, help="a shapes variant of explore.yaml, trained by explore.py")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    spec = {v["name"]: v for v in yaml.safe_load((HERE / "explore.yaml").read_text())["variants"]}
+    base = yaml.safe_load((HERE / "explore_base.yaml").read_text())
+    cfg = Config.from_dict(apply_diff(base, spec[args.variant]["diff"], args.variant))
+    ckpt = HERE / "explore" / "runs" / args.variant / "checkpoint.pth"
+    if not ckpt.is_file():
+        ap.error(f"{ckpt} not found: run explore.py --variant {args.variant} first")
+    train_loader, val_loader = eval_loaders(cfg)
+    labels_tr, labels_va = hue_labels(cfg, "train", cfg.data.num_train), hue_labels(cfg, "val", cfg.data.num_val)
+    torch.manual_seed(cfg.train.seed)
+    random_init, trained = build_network(cfg, False), build_network(cfg, False)
+    trained.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["teacher"])
+    cpu = torch.device("cpu")
+    for name, net in (("random init", random_init), ("trained", trained)):
+        ftr, ytr = extract_features(net.backbone, train_loader, device=cpu)
+        fva, yva = extract_features(net.backbone, val_loader, device=cpu)
+        res = {label: knn_classify(ftr, a, fva, b, ks=(20,), num_classes=BINS)["knn20_top1"]
+               for label, a, b in (("shape", ytr, yva), ("object hue", labels_tr[0], labels_va[0]),
+                                   ("background hue", labels_tr[1], labels_va[1]))}
+        print(f"{name}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
+
+
+if __name__ == "__main__":
+    main()
