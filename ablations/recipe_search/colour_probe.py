@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
@@ -29,7 +28,9 @@ from dino_core.evaluate.features import extract_features  # noqa: E402
 from dino_core.evaluate.knn import knn_classify  # noqa: E402
 from dino_core.train import build_network  # noqa: E402
 from pipelines.cell import eval_loaders  # noqa: E402
-from pipelines.params import apply_diff  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+from explore import config_of, load_variants  # noqa: E402
 
 BINS = 8
 
@@ -52,9 +53,7 @@ def main() -> None:
     ap.add_argument("--variant", required=True, help="a shapes variant of explore.yaml, trained by explore.py")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    spec = {v["name"]: v for v in yaml.safe_load((HERE / "explore.yaml").read_text())["variants"]}
-    base = yaml.safe_load((HERE / "explore_base.yaml").read_text())
-    cfg = Config.from_dict(apply_diff(base, spec[args.variant]["diff"], args.variant))
+    cfg = config_of(args.variant, load_variants()[args.variant]["diff"])
     ckpt = HERE / "explore" / "runs" / args.variant / "checkpoint.pth"
     if not ckpt.is_file():
         ap.error(f"{ckpt} not found: run explore.py --variant {args.variant} first")

@@ -33,9 +33,19 @@ from pipelines.cell import eval_loaders, knn_of, pretrain_dataset  # noqa: E402
 from pipelines.params import apply_diff  # noqa: E402
 
 
-def run(name: str, diff: dict, knn_every: int, out_dir: Path) -> None:
+def load_variants() -> dict[str, dict]:
+    """explore.yaml's variants by name."""
+    return {v["name"]: v for v in yaml.safe_load((HERE / "explore.yaml").read_text())["variants"]}
+
+
+def config_of(name: str, diff: dict) -> Config:
+    """The resolved config of a variant: its diff over explore_base.yaml."""
     base = yaml.safe_load((HERE / "explore_base.yaml").read_text())
-    cfg = Config.from_dict(apply_diff(base, diff, f"explore.yaml variant {name}"))
+    return Config.from_dict(apply_diff(base, diff, f"explore.yaml variant {name}"))
+
+
+def run(name: str, diff: dict, knn_every: int, out_dir: Path) -> None:
+    cfg = config_of(name, diff)
     train_loader, val_loader = eval_loaders(cfg)
     cpu = torch.device("cpu")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -67,11 +77,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--summarize", action="store_true", help="write explore_trials.csv from the trajectories")
     args = ap.parse_args()
-    spec = yaml.safe_load((HERE / "explore.yaml").read_text())
+    variants = load_variants()
     if args.summarize:
         import pandas as pd
         rows = []
-        for v in spec["variants"]:
+        for v in variants.values():
             path = HERE / "explore" / f"{v['name']}.jsonl"
             if not path.is_file():
                 continue
@@ -86,7 +96,6 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    variants = {v["name"]: v for v in spec["variants"]}
     if args.variant not in variants:
         ap.error(f"--variant {args.variant!r} is not in explore.yaml (known: {sorted(variants)})")
     v = variants[args.variant]
