@@ -3,7 +3,7 @@
 Each cell already evaluated itself in its job (k-NN, collapse metrics, Jaccard: eval.json);
 this stage collects them into results/cells.csv and results/curves.csv, computes the k-NN of
 random-init features and raw pixels for the default configuration, draws the default model's
-attention maps, and exports its checkpoint (models/default.pth, DVC-cached).
+attention maps, and exports its teacher (models/default.pth, DVC-cached).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from .baselines import random_init_knn, raw_pixel_knn
 from .cell import load_networks
 from .grid import plan
 from .params import ROOT, grid_cells, load_all, resolve_profile
-from .store import cell_dir, is_done, read_done
+from .store import cell_dir, is_done, read_done, read_history
 
 log = logging.getLogger(__name__)
 N_OVERLAYS = 4
@@ -74,7 +74,7 @@ def attention_of_default(cfg: Config, cell: Path, out: Path) -> dict:
     return attention_jaccard(teacher.backbone, loader, cfg.eval.attn_threshold)
 
 
-def environment(params: dict, cells: pd.DataFrame) -> dict:
+def environment(params: dict, cells: pd.DataFrame, history: list[dict]) -> dict:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     except OSError:
@@ -84,6 +84,7 @@ def environment(params: dict, cells: pd.DataFrame) -> dict:
             "cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
             "profile": params.get("profile", "default"), "seeds": params["grid"]["seeds"],
             "cells_wall_time_s": float(cells.drop_duplicates("cell").wall_time_s.sum()),
+            "grid_runs": history, "grid_wall_time_s": float(sum(h.get("wall_time_s", 0.0) for h in history)),
             "dino_core": str(Path(dino_core.__file__).parent.relative_to(ROOT))}
 
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(results / "attention", ignore_errors=True)
     att = attention_of_default(cfg, default_cell, results / "attention")
     atomic_write_json(results / "attention" / "attention.json", att)
-    atomic_write_json(results / "env.json", environment(params, cells))
+    atomic_write_json(results / "env.json", environment(params, cells, read_history(store)))
     # `dvc metrics show`: the default configuration, mean over seeds
     seeds = params["grid"]["seeds"]
     hashes = {cell_dir(store, cfg.replace("train", seed=s)).name for s in seeds}
@@ -117,9 +118,17 @@ def main(argv: list[str] | None = None) -> None:
     summary = default_rows.mean(numeric_only=True).drop(["seed"], errors="ignore").round(4)
     atomic_write_json(results / "metrics.json", {"default": json.loads(summary.to_json()),
                                                  "n_seeds": int(len(default_rows))})
-    models = Path(args.models)
-    models.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(default_cell / CHECKPOINT, models / "default.pth")
+    export_teacher(default_cell / CHECKPOINT, Path(args.models) / "default.pth")
+
+
+def export_teacher(checkpoint: Path, out: Path) -> None:
+    """The default model for users: the official full-checkpoint layout reduced to `teacher`
+    (backbone.* and head.* keys), `epoch` and `args`; no optimizer or student (a quarter of the size)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save({k: state[k] for k in ("teacher", "epoch", "args")}, tmp)
+    tmp.replace(out)
 
 
 if __name__ == "__main__":

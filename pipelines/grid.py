@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +21,7 @@ from dino_core.config import Config
 from .ddp_entry import train_cell_ddp
 from .launch import CellFailed, load_launch_config, run_cells
 from .params import ROOT, Cell, grid_cells, load_all
-from .store import cell_dir, is_done, read_done
+from .store import append_history, cell_dir, is_done, read_done
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +37,19 @@ def plan(cells: list[Cell], store: Path) -> tuple[pd.DataFrame, dict[str, dict]]
 
 
 def run_grid(params: dict, launch_overrides: dict | None = None, root: Path = ROOT) -> pd.DataFrame:
-    """Run the pending cells; returns one row per (study, row, seed) with the cell's status."""
+    """Run the pending cells; returns one row per (study, row, seed) with the cell's status.
+    Each call that gets past validation is appended to the store's history (wall time, cells run)."""
     cells = grid_cells(params, root)                       # validates everything first
+    t0, started = time.monotonic(), _now()
     store = root / params["grid"]["store"]
     table, unique = plan(cells, store)
     pending = [h for h in unique if not is_done(store / "cells" / h)]
     log.info("grid: %d cells (%d unique), %d finished, %d to run", len(table), len(unique),
              len(unique) - len(pending), len(pending))
-    outcomes = {}
+    outcomes, executor = {}, "none"
     if pending:
         launch = load_launch_config(root / "launch.yaml", launch_overrides)
+        executor = launch.executor
         results = run_cells(train_cell_ddp, [(str(store / "cells" / h), unique[h]) for h in pending], launch,
                             root / launch.folder, name="dino-grid")
         outcomes = dict(zip(pending, results))
@@ -56,7 +61,15 @@ def run_grid(params: dict, launch_overrides: dict | None = None, root: Path = RO
         else:
             statuses.append(read_done(store / "cells" / h)["status"] if is_done(store / "cells" / h) else "missing")
     table["status"] = statuses
+    append_history(store, {"started": started, "finished": _now(), "wall_time_s": round(time.monotonic() - t0, 1),
+                           "cells_unique": len(unique), "cells_run": len(pending),
+                           "cells_reused": len(unique) - len(pending), "executor": executor,
+                           "failed": sum(isinstance(o, CellFailed) for o in outcomes.values())})
     return table
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -375,15 +375,18 @@ def make_executor(
 def _local_threads(cfg: LaunchConfig) -> str:
     # cells share the cores: each process gets cores / (cells at once x tasks) intra-op threads,
     # not torch's default of one per core each, which oversubscribes the machine
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_task = max(1, cores // (local_parallelism(cfg) * max(1, cfg.local.tasks_per_node)))
+    per_task = max(1, cores() // (local_parallelism(cfg) * max(1, cfg.local.tasks_per_node)))
     return f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-{per_task}}}"
 
 
 def local_parallelism(cfg: LaunchConfig) -> int:
     """Cells run at once by the local executor: max_parallel bounded by the CPU cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cfg.max_parallel, cores // max(1, cfg.local.tasks_per_node)))
+    return max(1, min(cfg.max_parallel, cores() // max(1, cfg.local.tasks_per_node)))
+
+
+def cores() -> int:
+    """CPU cores this process may use (the affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,10 +12,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from dino_core.checkpoint import atomic_write_json
+from dino_core.checkpoint import atomic_write_json, atomic_write_text
 from dino_core.config import Config
 
 DONE = "DONE"
+HISTORY = "history.jsonl"   # one line per grid invocation: when, how long, cells run / reused
 
 
 # Keys that cannot change a result: loader workers (augmentations are seeded per sample) and
@@ -46,3 +47,15 @@ def mark_done(path: Path, summary: dict) -> None:
 
 def read_done(path: Path) -> dict:
     return json.loads((Path(path) / DONE).read_text())
+
+
+def append_history(store: Path, entry: dict) -> None:
+    """Add one grid invocation to <store>/history.jsonl (rewritten atomically)."""
+    path = Path(store) / HISTORY
+    old = path.read_text() if path.is_file() else ""
+    atomic_write_text(path, old + json.dumps(entry, sort_keys=True) + "\n")
+
+
+def read_history(store: Path) -> list[dict]:
+    path = Path(store) / HISTORY
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []

@@ -65,7 +65,7 @@ from dino_core.evaluate.collapse import collapse_metrics
 from dino_core.train import resolve_device, train
 
 from .cell import eval_loaders, knn_of, load_networks, pretrain_dataset
-from .launch import CellFailed, load_launch_config, local_parallelism, run_cells
+from .launch import CellFailed, cores, load_launch_config, local_parallelism, run_cells
 from .params import ROOT, _expr, load_all, resolve_profile
 
 log = logging.getLogger(__name__)
@@ -810,8 +810,7 @@ def run_tune(params: dict, root: Path = ROOT, launch_overrides: dict | None = No
         **(launch_overrides or {}), "local.tasks_per_node": 1, "slurm.tasks_per_node": 1, "slurm.nodes": 1})
     threads = None                   # torch threads per worker (oversubscribed threads are >10x slower)
     if launch.executor == "local":   # share this machine's cores between the local worker processes
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores // max(1, min(s0.n_workers, local_parallelism(launch))))
+        threads = max(1, cores() // max(1, min(s0.n_workers, local_parallelism(launch))))
     elif launch.executor == "slurm":  # the job's CPUs (torch would take every core of the node)
         threads = launch.slurm.cpus_per_task
     plan = make_plan(params, root, threads)           # raises before any trial on bad input

@@ -4,6 +4,7 @@ Cells run in-process (launcher executor `debug`) so a cell costs about a second.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -72,6 +73,12 @@ def test_dag_end_to_end_reuse_and_one_cell_change(repo: Path) -> None:
     assert len(done) == 6                            # identical cells across studies ran once
     for name in ["fig7_collapse", "center_momentum"]:
         assert (repo / "results" / "tables" / f"{name}.md").stat().st_size > 0
+    # the exported default model: the official checkpoint layout reduced to the teacher
+    import torch
+    from dino_core.evaluate.checkpoint import backbone_state_dict
+    model = torch.load(repo / "models" / "default.pth", map_location="cpu", weights_only=False)
+    assert set(model) == {"teacher", "epoch", "args"}
+    assert {"cls_token", "pos_embed", "blocks.0.attn.qkv.weight", "norm.weight"} <= set(backbone_state_dict(model))
     # nothing changed: every stage is up to date, no cell recomputed
     t0 = time.time()
     r = _repro(repo)
@@ -87,6 +94,12 @@ def test_dag_end_to_end_reuse_and_one_cell_change(repo: Path) -> None:
     new = set(after) - set(done)
     assert len(new) == 1
     assert all(after[h] == done[h] for h in done if h in after)
+    # the wall time of each pretrain invocation reaches results/README.md (the skipped one has none)
+    runs = json.loads((repo / "results" / "env.json").read_text())["grid_runs"]
+    assert [(r["cells_run"], r["cells_reused"], r["failed"]) for r in runs] == [(6, 0, 0), (1, 5, 0)]
+    assert all(r["wall_time_s"] > 0 and r["started"] <= r["finished"] for r in runs)
+    readme = (repo / "results" / "README.md").read_text()
+    assert "The pretrain stage ran 2 time(s)" in readme and "1 cell(s) run, 5 reused, 0 failed" in readme
 
 
 def test_killed_grid_loses_no_finished_cell(repo: Path) -> None:

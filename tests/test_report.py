@@ -290,7 +290,11 @@ def test_optional_inputs_present(tmp_path):
     Image.new("RGB", (50, 50)).save(results / "tune" / "optimization_history.png")
     (results / "tune" / "trials.csv").write_text("number,value\n0,1.0\n")
     (results / "env.json").write_text(json.dumps({"git_sha": "abc123", "torch": "2.14.1", "device": "cpu",
-                                                  "profile": "default", "seeds": [0, 1, 2], "cells_wall_time_s": 7200}))
+                                                  "profile": "default", "seeds": [0, 1, 2], "cells_wall_time_s": 7200,
+                                                  "grid_runs": [{"started": "2026-01-01T10:00:00Z",
+                                                                 "finished": "2026-01-01T11:30:00Z", "wall_time_s": 5400,
+                                                                 "cells_run": 4, "cells_reused": 2, "failed": 0,
+                                                                 "executor": "local"}]}))
     (results / "baselines.json").write_text(json.dumps({"random_init": {"knn20_top1": 31.25},
                                                        "raw_pixels": {"knn20_top1": 40.5}}))
     R.main(["--results", str(results), "--ablations", str(ablations)])
@@ -299,7 +303,8 @@ def test_optional_inputs_present(tmp_path):
     readme = (results / "README.md").read_text()
     for s in ("(plots/attention.png)", "(attention/attn_000.png)", "(tune/optimization_history.png)",
               "(tune/trials.csv)", "git_sha: `abc123`", "cells_wall_time_s: `7200 s (2.00 h)`", "random_init: 31.2",
-              "seeds: `[0, 1, 2]`"):
+              "seeds: `[0, 1, 2]`", "ran 1 time(s) on this run store, 1.50 h in all",
+              "2026-01-01T10:00:00Z to 2026-01-01T11:30:00Z: 1.50 h, 4 cell(s) run, 2 reused, 0 failed, executor local"):
         assert s in readme, s
     assert {p.name for p in (results / "tables").iterdir()} == {"multicrop.md", "multicrop.tex", "multicrop.csv"}
 

@@ -6,8 +6,9 @@ size, position and rotation, drawn over a low-contrast smooth colour-noise backg
 most one small distractor blob. Colour, position and background are nuisances; the outline is
 the class. The object dominates the image, as in the object-centric photos DINO was made for:
 (generator version 1 drew high-contrast stripes and checkers with up to four distractors; two
-crops of an image then shared the texture far more than the object, and DINO learned the
-texture: k-NN on the shape class stayed at chance, ablations/recipe_search/trials.csv.)
+crops of an image then shared the texture far more than the object; k-NN on the shape class
+stayed at chance, ablations/recipe_search/trials.csv. On version 2 DINO encodes the object and
+background hues, not the outline: ablations/recipe_search/colour_probe.py, README.)
 Every image has a binary foreground mask rasterised from the same polygon vertices
 as the object (4x super-sampled; mask = object coverage >= 0.5).
 

@@ -1,0 +1,122 @@
+"""Paper-style tables per study: numeric frame (CSV), display frame (Markdown, LaTeX)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from .aggregate import agreement, paper_collapses, stats_of
+from .model import AGREEMENT_RULE, CONVENTIONS, Table
+
+
+def finite(x) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt_num(x, digits: int = 1) -> str:
+    return f"{float(x):.{digits}f}" if finite(x) else ""
+
+
+def fmt_mean_std(mean, std, n: int, digits: int = 1) -> str:
+    """"m ± s" (sample std); "m ± n/a" for n = 1; "" without a value."""
+    if n == 0 or not finite(mean):
+        return ""
+    spread = f"{float(std):.{digits}f}" if n >= 2 and finite(std) else "n/a"
+    return f"{float(mean):.{digits}f} ± {spread}"
+
+
+def paper_has(study: dict, key: str) -> bool:
+    return any((r.get("paper") or {}).get(key) is not None for r in study["rows"])
+
+
+def _cost_fields(a: pd.Series | None, paper: dict) -> dict:
+    get = (lambda k: float(a[k]) if a is not None else float("nan"))
+    return {"time_mean_s": get("time_mean"), "time_std_s": get("time_std"),
+            "peak_mem_mb_mean": get("mem_mean"), "peak_mem_mb_std": get("mem_std"),
+            "paper_time_h": paper.get("time_h"), "paper_mem_gb": paper.get("mem_gb")}
+
+
+def _entropy_fields(e: pd.Series | None, paper: dict) -> dict:
+    get = (lambda k: float(e[k]) if e is not None else float("nan"))
+    return {"paper_entropy": paper.get("entropy"), "entropy_last_over_lnK_mean": get("ent_mean"),
+            "entropy_last_over_lnK_std": get("ent_std"), "entropy_n": int(e["ent_n"]) if e is not None else 0}
+
+
+def row_record(study: dict, row: dict, agg: pd.DataFrame, ent: pd.DataFrame) -> dict:
+    """The numbers of one table row (ours over seeds, the paper's, the agreement verdict)."""
+    sname, name, paper = study["study"], row["name"], row.get("paper") or {}
+    default = next(r for r in study["rows"] if r["name"] == study["default"])
+    ours = stats_of(agg, sname, name)
+    verdict, reason = agreement(paper, ours, default.get("paper"), stats_of(agg, sname, default["name"]),
+                                name == study["default"])
+    a = agg.loc[(sname, name)] if (sname, name) in agg.index else None
+    not_ok = a["not_ok"] if a is not None else ""
+    rec = {"row": name, "label": row.get("label", name),
+           **{c: str((row.get("columns") or {}).get(c, "")) for c in study["columns"]},
+           "paper_knn": paper.get("knn"), "paper_linear": paper.get("linear"),
+           "paper_collapses": paper_collapses(paper), "n_seeds": int(a["n_seeds"]) if a is not None else 0,
+           "n": ours.n, "knn20_mean": ours.mean, "knn20_std": ours.std, "n_collapsed": ours.n_collapsed,
+           "agrees": verdict, "note": reason + (f"; {not_ok}" if not_ok else "")
+           + ("" if a is not None else "; no cells in cells.csv")}
+    if paper_has(study, "time_h") or paper_has(study, "mem_gb"):
+        rec.update(_cost_fields(a, paper))
+    if paper_has(study, "entropy"):
+        rec.update(_entropy_fields(ent.loc[(sname, name)] if (sname, name) in ent.index else None, paper))
+    return rec
+
+
+def display_frame(study: dict, num: pd.DataFrame) -> pd.DataFrame:
+    """The formatted table (strings) for Markdown and LaTeX."""
+    d = pd.DataFrame({"row": num["label"].astype(str)})
+    for c in study["columns"]:
+        d[c] = num[c].astype(str)
+    d["paper k-NN"], d["paper linear"] = num["paper_knn"].map(fmt_num), num["paper_linear"].map(fmt_num)
+    if paper_has(study, "collapse"):
+        d["paper collapse"] = num["paper_collapses"].map({True: "yes", False: "no"}).fillna("")
+    d["ours k-NN"] = [fmt_mean_std(m, s, n) for m, s, n in zip(num["knn20_mean"], num["knn20_std"], num["n"])]
+    d["n"] = num["n"].astype(str)
+    d["collapsed"] = [f"{k}/{n}" if n else "" for k, n in zip(num["n_collapsed"], num["n"])]
+    if "time_mean_s" in num:
+        d["time/epoch (s)"] = [fmt_mean_std(m, s, n)
+                               for m, s, n in zip(num["time_mean_s"], num["time_std_s"], num["n"])]
+        d["peak mem (MB)"] = num["peak_mem_mb_mean"].map(lambda x: fmt_num(x, 0))
+        d["paper time (h)"], d["paper mem (GB)"] = num["paper_time_h"].map(fmt_num), num["paper_mem_gb"].map(fmt_num)
+    if "paper_entropy" in num:
+        d["paper entropy"] = num["paper_entropy"].map({"zero": "→ 0", "log_k": "→ ln K"}).fillna("")
+        d["ours H(Pt)/ln K"] = [fmt_mean_std(m, s, n, 2) for m, s, n in zip(
+            num["entropy_last_over_lnK_mean"], num["entropy_last_over_lnK_std"], num["entropy_n"])]
+    d["agrees"], d["note"] = num["agrees"], num["note"]
+    empty = [c for c in ("paper k-NN", "paper linear") if (d[c] == "").all()]   # e.g. Table 8 has no k-NN
+    return d.drop(columns=empty)
+
+
+def study_table(study: dict, agg: pd.DataFrame, ent: pd.DataFrame) -> Table:
+    num = pd.DataFrame([row_record(study, r, agg, ent) for r in study["rows"]])
+    return Table(study["study"], study.get("title", study["study"]), study.get("source", ""), study["default"],
+                 num, display_frame(study, num))
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX.get(ch, ch) for ch in text)
+
+
+def table_markdown(t: Table) -> str:
+    md = t.display.to_markdown(index=False, disable_numparse=True)
+    return (f"# {t.title}\n\nSource: {t.source}. Study `{t.study}`, default row `{t.default}`.\n\n{md}\n\n"
+            f"{CONVENTIONS}\n\n{AGREEMENT_RULE}\n")
+
+
+def table_latex(t: Table) -> str:
+    d = t.display.drop(columns=[c for c in t.latex_drop if c in t.display])
+    st = d.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
+    tex = st.to_latex(hrules=True, column_format="l" * d.shape[1], caption=_latex_escape(t.title),
+                      label=f"tab:{t.study}", position="t")
+    tex = tex.replace("±", r"$\pm$").replace("→", r"$\to$")
+    return f"% generated by pipelines/report/ from results/cells.csv and ablations/{t.study}.yaml\n{tex}"
