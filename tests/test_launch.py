@@ -1,4 +1,4 @@
-"""The submitit launcher (pipelines/launch.py), on the real single-node SLURM of ci/slurm/.
+"""The submitit launcher (pipelines/launch/), on the real single-node SLURM of ci/slurm/.
 
 Tests marked `slurm` skip only when sbatch is absent; the `slurm` fixture starts the cluster
 (ci/slurm/start.sh) when it is not up. No mocks: jobs really go through sbatch/squeue/scancel.

@@ -1,0 +1,180 @@
+"""Job bookkeeping for run_cells: squeue polling, outcomes, cancellation, the debug runner, progress."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+import typing as tp
+from pathlib import Path
+
+
+from .executors import CellFailed, make_executor, Resumable
+
+log = logging.getLogger(__name__)
+
+# Final states: the job will not run again (a requeued job goes back to PENDING instead).
+_FINAL_STATES = frozenset({
+    "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+    "PREEMPTED", "TIMEOUT", "REVOKED", "SPECIAL_EXIT",
+})
+
+
+# Pending reasons that never resolve by themselves: the request can never be satisfied
+# (clusters without EnforcePartLimits=ALL accept such jobs) or a dependency failed. Held jobs
+# (JobHeldUser/JobHeldAdmin) are waited for: bound those with max_wait_s.
+_HOPELESS_REASONS = frozenset({
+    "BadConstraints", "PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit",
+    "InvalidAccount", "InvalidQOS", "DependencyNeverSatisfied",
+})
+
+
+def squeue_states(job_ids: tp.Iterable[str]) -> tp.Optional[tp.Dict[str, tp.Tuple[str, str]]]:
+    """``{job_id: (state, pending_reason)}`` for the given ids, in any state.
+
+    Array tasks appear as ``<array id>_<task>``. Jobs SLURM no longer knows are absent.
+    Returns None when squeue itself fails (controller unreachable), so that callers can tell
+    "gone" from "unknown".
+    """
+    masters = sorted({str(j).split("_")[0] for j in job_ids})
+    if not masters:
+        return {}
+    cmd = ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%r",
+           "--jobs=" + ",".join(masters)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("squeue failed: %s", e)
+        return None
+    if proc.returncode != 0:
+        if "Invalid job id" in proc.stderr:  # a single, already purged job id
+            return {}
+        log.warning("squeue failed (rc=%d): %s", proc.returncode, proc.stderr.strip())
+        return None
+    states: tp.Dict[str, tp.Tuple[str, str]] = {}
+    for line in proc.stdout.splitlines():
+        parts = line.strip().split("|", 2)
+        if len(parts) < 2:
+            continue
+        reason = parts[2].strip() if len(parts) == 3 else ""
+        states[parts[0]] = (parts[1].split()[0].rstrip("+"), reason)  # "CANCELLED by 0"
+    return states
+
+
+def _tail(path: tp.Optional[Path], n: int = 15) -> str:
+    try:
+        if path is None or not path.exists():
+            return ""
+        lines = path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+    except OSError:
+        return ""
+
+
+class _Cell:
+    __slots__ = ("index", "job", "stale_since", "submitted_at", "done_at", "outcome", "finished")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.job: tp.Any = None
+        self.stale_since: tp.Optional[float] = None
+        self.submitted_at = 0.0
+        self.done_at = 0.0
+        self.outcome: tp.Any = None
+        self.finished = False
+
+
+def _task_jobs(job: tp.Any, all_tasks: bool) -> tp.List[tp.Any]:
+    n = job.num_tasks
+    return [job.task(i) for i in range(n)] if all_tasks else [job.task(0)]
+
+
+def _has_results(job: tp.Any, all_tasks: bool) -> bool:
+    return all(t.paths.result_pickle.exists() for t in _task_jobs(job, all_tasks))
+
+
+def _stderr_path(job: tp.Any) -> tp.Optional[Path]:
+    try:
+        return Path(job.task(0).paths.stderr)
+    except Exception:  # pragma: no cover - defensive
+        return None
+
+
+def _collect(cell: _Cell, all_tasks: bool) -> tp.Any:
+    """Outcome of a cell whose result pickle(s) exist."""
+    job = cell.job
+    values = []
+    for t in _task_jobs(job, all_tasks):
+        exc = t.exception()
+        if exc is not None:
+            detail = str(exc).strip()
+            return CellFailed(cell.index, job.job_id, "FAILED", _stderr_path(t),
+                              f"the cell raised an exception:\n{detail}")
+        values.append(t.result())
+    return values if all_tasks else values[0]
+
+
+def _failure_from_job(cell: _Cell, state: str, why: str) -> CellFailed:
+    stderr = _stderr_path(cell.job)
+    tail = _tail(stderr)
+    detail = why + (f"; last lines of stderr:\n{tail}" if tail else "; stderr is empty or missing")
+    return CellFailed(cell.index, cell.job.job_id, state, stderr, detail)
+
+
+def _cancel(jobs: tp.Sequence[tp.Any], executor_kind: str) -> None:
+    if executor_kind == "slurm":
+        ids = sorted({str(j.job_id) for j in jobs})  # "<array>_<task>": only these cells
+        if ids:
+            subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
+    elif executor_kind == "local":
+        for j in jobs:
+            try:
+                j.cancel(check=False)
+            except Exception:  # pragma: no cover - defensive
+                pass
+
+
+def _run_debug(fn, args_list, cfg, folder, name, on_submit, all_tasks, checkpointable) -> list:
+    ex = make_executor(cfg, folder, name=name)
+    outcomes: list = []
+    t0 = time.time()
+    for i, args in enumerate(args_list):
+        job = ex.submit(Resumable(fn, *args) if checkpointable else _Bound(fn, args))
+        if on_submit is not None:
+            on_submit([job])
+        old = os.environ.get("SUBMITIT_DEBUG_JOB_ID")
+        os.environ["SUBMITIT_DEBUG_JOB_ID"] = job.job_id
+        try:
+            value = job.submission().result()  # in-process; no pdb on failure
+            outcomes.append([value] if all_tasks else value)
+        except Exception as e:  # noqa: BLE001 - a failed cell must not stop the others
+            failed = CellFailed(i, job.job_id, "FAILED", None, f"{type(e).__name__}: {e}")
+            failed.__cause__ = e
+            outcomes.append(failed)
+        finally:
+            if old is None:
+                os.environ.pop("SUBMITIT_DEBUG_JOB_ID", None)
+            else:
+                os.environ["SUBMITIT_DEBUG_JOB_ID"] = old
+        _log_progress(name, i + 1, len(args_list), sum(isinstance(o, CellFailed) for o in outcomes),
+                      0, t0)
+    return outcomes
+
+
+def _log_progress(name: str, done: int, total: int, failed: int, running: int, t0: float) -> None:
+    elapsed = time.time() - t0
+    eta = "?"
+    if done:
+        eta = f"{elapsed / done * (total - done):.0f}s"
+    log.info("[%s] cells done %d/%d (failed %d, running %d), elapsed %.0fs, ETA %s",
+             name, done, total, failed, running, elapsed, eta)
+
+
+class _Bound:
+    """Picklable ``fn(*args)`` without checkpointing."""
+
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __call__(self):
+        return self.fn(*self.args)

@@ -1,0 +1,204 @@
+"""run_cells: every cell out through one executor, never waiting forever; outcomes in order."""
+from __future__ import annotations
+
+import logging
+import time
+import typing as tp
+from pathlib import Path
+
+
+from .config import LaunchConfig
+from .executors import CellFailed, local_parallelism, make_executor, Resumable, SubmissionError
+from .jobs import (_FINAL_STATES, _HOPELESS_REASONS, _Bound, _cancel, _Cell, _collect, _failure_from_job,
+                   _has_results, _log_progress, _run_debug, squeue_states)
+
+log = logging.getLogger(__name__)
+
+
+def run_cells(
+    fn: tp.Callable[..., tp.Any],
+    args_list: tp.Sequence[tp.Sequence[tp.Any]],
+    cfg: LaunchConfig,
+    folder: tp.Union[str, Path, None] = None,
+    *,
+    poll_s: tp.Optional[float] = None,
+    stale_s: tp.Optional[float] = None,
+    name: tp.Optional[str] = None,
+    checkpointable: bool = True,
+    all_tasks: bool = False,
+    on_submit: tp.Optional[tp.Callable[[tp.List[tp.Any]], None]] = None,
+    max_wait_s: tp.Optional[float] = None,
+    raise_on_failure: bool = False,
+) -> tp.List[tp.Any]:
+    """Run ``fn(*args)`` for each ``args`` in ``args_list``; one outcome per cell, in order.
+
+    Each element of ``args_list`` is a tuple (or list) of positional arguments; any other value
+    is the single argument of its cell. ``fn`` must be importable (module-level in a package):
+    submitit pickles it by reference.
+
+    An outcome is the cell's return value (with ``all_tasks=True``: the list of every task's
+    return value, for multi-task jobs), or a :class:`CellFailed` naming the job's stderr log.
+    A failed cell does not stop the others.
+
+    - ``slurm``: all cells go out as ONE job array (``array_parallelism`` at once). Every
+      ``poll_s`` seconds result files are checked and ``squeue`` is asked for the states; a job
+      in a final state or gone from squeue for ``stale_s`` seconds without a result has failed
+      (cancelled, out of memory, node failure): the grid never waits forever.
+      Requeued jobs (pre-emption, timeout with checkpoint) are waited for.
+    - ``local``: at most ``local_parallelism(cfg)`` processes at once (submitit's local
+      executor would start them all together).
+    - ``debug``: in-process, one after another.
+
+    ``checkpointable`` wraps each call in :class:`Resumable` (requeue on timeout/pre-emption).
+    ``on_submit(jobs)`` is called with the submitted submitit jobs (e.g. to record job ids).
+    ``max_wait_s`` bounds the whole wait (remaining jobs are cancelled and reported failed).
+    On KeyboardInterrupt or any error while waiting, the submitted jobs are cancelled.
+    """
+    args_list = [tuple(a) if isinstance(a, (list, tuple)) else (a,) for a in args_list]
+    name = name or getattr(fn, "__name__", "cells")
+    poll = float(poll_s if poll_s is not None else cfg.poll_s)
+    stale = float(stale_s if stale_s is not None else cfg.stale_s)
+    if not args_list:
+        return []
+    if cfg.executor == "debug":
+        outcomes = _run_debug(fn, args_list, cfg, folder, name, on_submit, all_tasks, checkpointable)
+    else:
+        outcomes = _run_pool(fn, args_list, cfg, folder, name, poll, stale, checkpointable,
+                             all_tasks, on_submit, max_wait_s)
+    failures = [o for o in outcomes if isinstance(o, CellFailed)]
+    if failures:
+        log.error("[%s] %d/%d cells failed:\n%s", name, len(failures), len(outcomes),
+                  "\n".join(str(f).splitlines()[0] + (f"  (stderr: {f.stderr})" if f.stderr else "")
+                            for f in failures))
+        if raise_on_failure:
+            raise RuntimeError(f"{len(failures)}/{len(outcomes)} cells failed; first: {failures[0]}")
+    return outcomes
+
+
+def _submit_slurm_array(ex, calls, cfg: LaunchConfig) -> tp.List[tp.Any]:
+    jobs = []
+    try:
+        with ex.batch():
+            for call in calls:
+                jobs.append(ex.submit(call))
+    except Exception as e:  # submitit raises FailedJobError(stderr of sbatch)
+        msg = str(e).strip() or repr(e)
+        s = cfg.slurm
+        raise SubmissionError(
+            f"sbatch refused the job array ({len(calls)} cells; partition={s.partition or '<default>'}, "
+            f"nodes={s.nodes}, tasks_per_node={s.tasks_per_node}, cpus_per_task={s.cpus_per_task}, "
+            f"gpus_per_node={s.gpus_per_node}, mem_gb={s.mem_gb}, timeout_min={s.timeout_min}): {msg}"
+        ) from e
+    return jobs
+
+
+def _run_pool(fn, args_list, cfg, folder, name, poll, stale, checkpointable, all_tasks,
+              on_submit, max_wait_s) -> list:
+    ex = make_executor(cfg, folder, name=name)
+    kind = cfg.executor
+    cells = [_Cell(i) for i in range(len(args_list))]
+    calls = [Resumable(fn, *a) if checkpointable else _Bound(fn, a) for a in args_list]
+    total = len(cells)
+    t0 = time.time()
+    to_start = list(range(total))
+    width = local_parallelism(cfg) if kind == "local" else total
+    if kind == "local" and width < cfg.max_parallel:
+        log.info("[%s] local: max_parallel=%d bounded to %d by the CPU cores", name,
+                 cfg.max_parallel, width)
+
+    def start_some() -> None:
+        running = sum(1 for c in cells if c.job is not None and not c.finished)
+        n = min(width - running, len(to_start))
+        if n <= 0:
+            return
+        idx = [to_start.pop(0) for _ in range(n)]
+        if kind == "slurm":
+            jobs = _submit_slurm_array(ex, [calls[i] for i in idx], cfg)
+        else:
+            jobs = [ex.submit(calls[i]) for i in idx]
+        now = time.time()
+        for i, j in zip(idx, jobs):
+            cells[i].job, cells[i].submitted_at = j, now
+        ids = sorted({str(j.job_id) for j in jobs})
+        log.info("[%s] submitted %d cell(s) to %s: job(s) %s; logs in %s", name, len(jobs), kind,
+                 ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else ""), ex.folder)
+        if on_submit is not None:
+            on_submit(list(jobs))
+
+    last_log = 0.0
+    last_done = -1
+    squeue_failing_since: tp.Optional[float] = None
+    try:
+        start_some()
+        while True:
+            now = time.time()
+            active = [c for c in cells if c.job is not None and not c.finished]
+            # 1) results on disk
+            for c in active:
+                if _has_results(c.job, all_tasks):
+                    c.outcome, c.finished, c.done_at = _collect(c, all_tasks), True, time.time()
+            active = [c for c in active if not c.finished]
+            # 2) jobs that died without a result
+            if active and kind == "slurm":
+                states = squeue_states(c.job.job_id for c in active)
+                if states is None:
+                    squeue_failing_since = squeue_failing_since or now
+                    if now - squeue_failing_since > max(stale, 300.0):
+                        for c in active:
+                            c.outcome = _failure_from_job(
+                                c, "UNKNOWN", f"squeue has failed for {now - squeue_failing_since:.0f}s "
+                                "(slurmctld unreachable?)")
+                            c.finished = True
+                else:
+                    squeue_failing_since = None
+                    for c in active:
+                        st, reason = states.get(str(c.job.job_id), (None, ""))
+                        hopeless = st == "PENDING" and reason in _HOPELESS_REASONS
+                        if st is None or st in _FINAL_STATES or hopeless:
+                            c.stale_since = c.stale_since or now
+                            if now - c.stale_since >= stale and not _has_results(c.job, all_tasks):
+                                if hopeless:
+                                    _cancel([c.job], kind)
+                                    why = f"job can never start (pending, reason {reason}); cancelled"
+                                elif st is None:
+                                    why = "job is no longer known to squeue, without writing a result"
+                                else:
+                                    why = f"job ended in state {st} without writing a result"
+                                c.outcome, c.finished = _failure_from_job(c, st or "GONE", why), True
+                        else:
+                            c.stale_since = None
+            elif active and kind == "local":
+                for c in active:
+                    if c.job.done():  # controller process exited
+                        c.stale_since = c.stale_since or now
+                        if now - c.stale_since >= min(stale, 5.0) and not _has_results(c.job, all_tasks):
+                            c.outcome, c.finished = _failure_from_job(
+                                c, c.job.state, "local job process exited without writing a result"), True
+            # 3) overall bound
+            if max_wait_s is not None and now - t0 > max_wait_s:
+                left = [c for c in cells if not c.finished]
+                _cancel([c.job for c in left if c.job is not None], kind)
+                for c in left:
+                    if c.job is None:
+                        c.outcome = CellFailed(c.index, "-", "NOT_SUBMITTED", None,
+                                               f"max_wait_s={max_wait_s} reached before submission")
+                    else:
+                        c.outcome = _failure_from_job(c, "CANCELLED",
+                                                      f"max_wait_s={max_wait_s} reached; job cancelled")
+                    c.finished = True
+            done = sum(c.finished for c in cells)
+            running = sum(1 for c in cells if c.job is not None and not c.finished)
+            if done != last_done or time.time() - last_log > 60:
+                _log_progress(name, done, total,
+                              sum(isinstance(c.outcome, CellFailed) for c in cells if c.finished),
+                              running, t0)
+                last_log, last_done = time.time(), done
+            if done == total:
+                break
+            if to_start:
+                start_some()
+            time.sleep(poll)
+    except BaseException:
+        _cancel([c.job for c in cells if c.job is not None and not c.finished], kind)
+        raise
+    return [c.outcome for c in cells]
