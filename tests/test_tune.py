@@ -1,4 +1,4 @@
-"""Stage `tune` (pipelines/tune.py): an optuna study of the temperatures, on tiny trials.
+"""Stage `tune` (pipelines/tune/): an optuna study of the temperatures, on tiny trials.
 
 Every trial is a 1-2 epoch pre-training of a 2-block 32-d ViT on 64 shapes images (16 px), a few
 seconds on one CPU thread. The stage runs on temporary params files; the study lives in a journal
@@ -334,12 +334,12 @@ def test_failing_trials_are_recorded_and_do_not_crash_the_study(tmp_path, shapes
 def test_diverged_trial_is_recorded_with_a_low_value(tmp_path, shapes_root, monkeypatch):
     """A non-finite loss (train() status "diverged") is hard to provoke in a tiny run: the real
     training runs and its result is relabelled, which exercises the stage's bookkeeping."""
-    real_train = tune.train
+    real_train = tune.objective.train
 
     def diverging_train(*args, **kwargs):
         return {**real_train(*args, **kwargs), "status": "diverged", "final_epoch": 0}
 
-    monkeypatch.setattr(tune, "train", diverging_train)
+    monkeypatch.setattr(tune.objective, "train", diverging_train)
     path = write_params(tmp_path, shapes_root, space=write_space(tmp_path, TEMPS), n_trials=1, epochs=1)
     res = run(path, tmp_path)
     (t,) = load(path).trials

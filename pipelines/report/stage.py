@@ -76,7 +76,8 @@ def read_inputs(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.report", description=__doc__,
+    from . import __doc__ as stage_doc
+    ap = argparse.ArgumentParser(prog="python -m pipelines.report", description=stage_doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default="results", help="folder with cells.csv, curves.csv, ...; outputs go here")
     ap.add_argument("--ablations", default="ablations", help="folder with the study files <study>.yaml")

@@ -1,0 +1,179 @@
+"""Command line: run the measurements in fresh processes, write the JSON, log a table."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from dino_core.checkpoint import atomic_write_json
+from dino_core.config import Config
+from dino_core.train import resolve_device
+from .configs import CONFIGS, REPO, build_config
+from .data import bench_data
+from .environment import environment, loadavg
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def _in_child(name: str, threads: int | None, *args, **kw) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return getattr(importlib.import_module("pipelines.bench"), name)(*args, **kw)
+
+
+def measure(name: str, *args, isolate: bool = True, threads: int | None = None, **kw) -> dict:
+    """Run the bench function ``name`` in a fresh spawned process (default), so that its peak memory
+    is its own and not the leftovers of earlier measurements; or in this process."""
+    if not isolate:
+        return getattr(importlib.import_module("pipelines.bench"), name)(*args, **kw)
+    import concurrent.futures
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        return ex.submit(_in_child, name, threads, *args, **kw).result()
+
+
+def _fmt(x, spec: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def table(result: dict) -> str:
+    lines = [f"device {result['env']['device']} ({result['env'].get('gpu') or result['env']['cpu_model']}, "
+             f"{result['env']['torch_threads']} threads), torch {result['env']['torch']}, "
+             f"git {result['env']['git_sha']}",
+             f"{'config':<9} {'variant':<20} {'prec':<5} {'s/step':>8} {'cpu s':>8} {'img/s':>8} {'peak MB':>9} "
+             f"{'compile s':>9}  loadavg(1/5/15 start->end)"]
+    for r in result["train_step"]:
+        if "error" in r:
+            lines.append(f"{r['config']:<9} {r['variant']:<20} {r.get('precision', '?'):<5} error: {r['error']}")
+            continue
+        lines.append(f"{r['config']:<9} {r['variant']:<20} {r['precision']:<5} {r['s_per_step']:>8.3f} "
+                     f"{r['cpu_s_per_step']:>8.3f} "
+                     f"{r['img_per_s']:>8.1f} {_fmt(r['peak_mem_mb'], '9.0f')} {_fmt(r.get('compile_s'), '>9.1f')}"
+                     f"  {r['loadavg'][0]} -> {r['loadavg'][1]}")
+    for r in result.get("speedup", []):
+        lines.append(f"speed-up {r['config']} {r['ours']} vs {r['official']}: x{r['ratio']:.2f} wall "
+                     f"(x{r['cpu_ratio']:.2f} process CPU time)")
+    for r in result.get("paired", []):
+        lines.append(f"paired {r['config']} ({len(r['ratios'])} alternating steps each): ours {r['precision']} "
+                     f"{r['ours_s_per_step']:.3f} s/step, official-style {r['official_precision']} "
+                     f"{r['official_s_per_step']:.3f} s/step, speed-up x{r['ratio_median']:.2f} (median of pair "
+                     f"ratios; geometric mean x{r['ratio_geomean']:.2f}, ratio of minima x{r['ratio_of_mins']:.2f}), "
+                     f"loadavg {r['loadavg'][0]} -> {r['loadavg'][1]}")
+    k = result.get("knn")
+    for r in k or []:
+        lines.append(f"k-NN {r['n_query']:,} x {r['n_train']:,} (dim {r['dim']}): {r['time_s']:.1f} s, "
+                     f"{r['queries_per_s']:.0f} queries/s, {r['gflops']:.0f} GFLOP/s, peak {r['peak_mem_mb']:.0f} MB "
+                     f"above inputs-loaded RSS (inputs {r['inputs_mb']:.0f} MB, bound {r['bound_mb']:.0f} MB), "
+                     f"loadavg {r['loadavg'][0]} -> {r['loadavg'][1]}")
+    for r in result.get("data_pipeline", []):
+        lines.append(f"data {r['workers']} workers: {r['img_per_s']:.0f} img/s ({r['crops_per_img']} crops/img, "
+                     f"batch {r['batch_size']}, {r['source']}), loadavg {r['loadavg'][0]} -> {r['loadavg'][1]}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    from . import __doc__ as bench_doc
+    p = argparse.ArgumentParser(prog="python -m pipelines.bench", description=bench_doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default="cpu-toy", help=f"comma list of {', '.join(CONFIGS)}")
+    p.add_argument("--precisions", default="fp32", help="comma list of fp32, bf16, fp16, auto")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per measurement (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--attn", default="params",
+                   help="comma list of model.attn_impl to time: params (params.yaml's), auto, explicit, sdpa")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--no-official", action="store_true", help="skip the official-style step")
+    p.add_argument("--paired", type=int, default=0, metavar="N",
+                   help="also alternate N timed steps of ours (params' attention) and official-style in one "
+                   "process (each after an untimed re-warm step)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd student and teacher")
+    p.add_argument("--knn-full", action="store_true", help="k-NN at 50,000 x 1,000,000 (instead of the small size)")
+    p.add_argument("--knn-size", default="5000x100000", help="QUERIESxTRAIN of the default k-NN")
+    p.add_argument("--no-knn", action="store_true")
+    p.add_argument("--no-data", action="store_true")
+    p.add_argument("--data-workers", default="0,1,2")
+    p.add_argument("--data-batches", type=int, default=10)
+    p.add_argument("--data-root", default=None, help="shapes root (default: params data.root, then data/shapes)")
+    p.add_argument("--no-isolate", action="store_true",
+                   help="measure in this process (default: one fresh process per measurement)")
+    p.add_argument("--out", default=str(REPO / "results" / "bench.json"))
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    configs = [c for c in a.configs.split(",") if c]
+    precisions = [x for x in a.precisions.split(",") if x]
+    attns = [x for x in a.attn.split(",") if x]
+    for c in configs:
+        build_config(c)   # fail fast on a bad name
+    device = resolve_device(a.device)
+    iso = {"isolate": not a.no_isolate, "threads": a.threads}
+    result: dict = {"env": environment(device), "args": vars(a), "train_step": [], "speedup": []}
+
+    def record(name: str, variant: str, fn: Callable[[], dict], cfg: Config) -> dict | None:
+        la0 = loadavg()
+        log.info("timing %s %s ...", name, variant)
+        try:
+            r = fn()
+        except Exception as exc:   # one failed measurement (e.g. out of memory) keeps the others
+            log.exception("%s %s failed", name, variant)
+            result["train_step"].append({"config": name, "variant": variant, "error": repr(exc)})
+            return None
+        r.update(config=name, variant=variant, batch_size=cfg.optim.batch_size, attn_impl=cfg.model.attn_impl,
+                 img_per_s=cfg.optim.batch_size / r["s_per_step"], loadavg=[la0, loadavg()])
+        result["train_step"].append(r)
+        log.info("%s %s %s: %.3f s/step, %.1f img/s, peak %.0f MB", name, variant, r["precision"], r["s_per_step"],
+                 r["img_per_s"], r["peak_mem_mb"])
+        return r
+
+    for name in configs:
+        for prec in precisions:
+            for attn in attns:
+                cfg = build_config(name, prec, a.device, attn_impl=None if attn == "params" else attn)
+                variant = "ours" if attn == "params" else f"ours attn={attn}"
+                record(name, variant, lambda: measure("bench_step", cfg, a.warmup, a.steps, **iso), cfg)
+            cfg = build_config(name, prec, a.device)
+            if a.compile:
+                record(name, "ours+compile",
+                       lambda: measure("bench_step", cfg, a.warmup, a.steps, compile=True, **iso), cfg)
+        if not a.no_official:
+            cfg = build_config(name, "fp32", a.device)
+            off = record(name, "official-style", lambda: measure("bench_official", cfg, a.warmup, a.steps, **iso),
+                         cfg)
+            if a.paired:
+                la0 = loadavg()
+                log.info("timing %s ours vs official-style, alternating steps ...", name)
+                pr = measure("bench_paired", cfg, a.warmup, a.paired, **iso)
+                pr.update(config=name, loadavg=[la0, loadavg()])
+                result.setdefault("paired", []).append(pr)
+            for r in result["train_step"]:
+                if off and r.get("config") == name and r.get("variant", "").startswith("ours") and "error" not in r:
+                    result["speedup"].append({"config": name, "ours": f"{r['variant']} {r['precision']}",
+                                              "official": f"official-style {off['precision']}",
+                                              "ratio": off["s_per_step"] / r["s_per_step"],
+                                              "cpu_ratio": off["cpu_s_per_step"] / r["cpu_s_per_step"]})
+    if not a.no_knn:
+        q, n = (50_000, 1_000_000) if a.knn_full else map(int, a.knn_size.lower().split("x"))
+        log.info("timing k-NN %d x %d ...", q, n)
+        result["knn"] = [measure("bench_knn", q, n, device=a.device, **iso)]
+    if not a.no_data:
+        cfg = build_config(configs[0] if configs else "cpu-toy", "fp32", a.device)
+        log.info("timing the data pipeline ...")
+        result["data_pipeline"] = bench_data(cfg, [int(w) for w in a.data_workers.split(",")], a.data_batches,
+                                             a.data_root)
+    result["env"]["loadavg_end"] = loadavg()
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, result)
+    log.info("bench results (%s):\n%s", out, table(result))
+    return result

@@ -1,0 +1,3 @@
+from .stage import main
+
+main()
