@@ -24,6 +24,7 @@ from dino_core.checkpoint import CHECKPOINT, atomic_write_json, atomic_write_tex
 from dino_core.config import Config, merge
 from dino_core.data.registry import NORMALIZATION, build_dataset, eval_transform, spec
 from dino_core.evaluate.attention import attention_jaccard, save_attention_overlays
+from dino_core.train import build_network
 
 from .baselines import random_init_knn, raw_pixel_knn
 from .cell import load_networks
@@ -60,7 +61,8 @@ def default_config(params: dict) -> Config:
 
 
 def attention_of_default(cfg: Config, cell: Path, out: Path) -> dict:
-    """Overlays of a few val images and the Jaccard of the 60%-mass masks (datasets with masks)."""
+    """Overlays of a few val images and the Jaccard (%) of the 60%-mass masks (datasets with masks),
+    beside the same architecture's at random init."""
     _, teacher, _ = load_networks(cfg, cell)
     tf = eval_transform(cfg.data.dataset, cfg.data.image_size)
     has_masks = spec(cfg.data.dataset).has_masks
@@ -71,7 +73,11 @@ def attention_of_default(cfg: Config, cell: Path, out: Path) -> dict:
     if not has_masks:
         return {}
     loader = DataLoader(val, batch_size=cfg.eval.batch_size)
-    return attention_jaccard(teacher.backbone, loader, cfg.eval.attn_threshold)
+    out = attention_jaccard(teacher.backbone, loader, cfg.eval.attn_threshold)
+    torch.manual_seed(cfg.train.seed)      # the reference: the same ViT at its initialisation
+    rand = attention_jaccard(build_network(cfg, False).backbone, loader, cfg.eval.attn_threshold)
+    return {**out, "random_init_jaccard_best_head": rand["jaccard_best_head"],
+            "random_init_jaccard_mean_head": rand["jaccard_mean_head"]}
 
 
 def environment(params: dict, cells: pd.DataFrame, history: list[dict]) -> dict:

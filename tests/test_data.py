@@ -177,6 +177,15 @@ def test_fashion_mnist_reads_tiny_idx_files(tmp_path, compress, layout):
     tensor, _ = registry.build_dataset("fashion_mnist", str(tmp_path), "train", registry.eval_transform(
         "fashion_mnist", 28))[0]
     assert tensor.shape == (3, 28, 28)
+    # the silhouette mask: pixel > 0 (objects lie on an exact-zero background), through the eval resize + crop
+    images[1, :4] = 0
+    _write_idx(tmp_path / layout / (fashion_mnist.FILES["val"][0] + (".gz" if compress else "")), images, compress)
+    native = registry.build_dataset("fashion_mnist", str(tmp_path), "val", with_masks=True)
+    _, label, mask = native[1]
+    assert label == 0 and mask.dtype == torch.bool and torch.equal(mask, torch.from_numpy(images[1] > 0))
+    _, _, mask32 = registry.build_dataset("fashion_mnist", str(tmp_path), "val", registry.eval_transform(
+        "fashion_mnist", 32), with_masks=True)[1]
+    assert mask32.shape == (32, 32) and not mask32[0].any() and mask32.float().mean() > 0.5
 
 
 def test_fashion_mnist_bad_and_missing_files(tmp_path):

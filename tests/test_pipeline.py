@@ -79,6 +79,9 @@ def test_dag_end_to_end_reuse_and_one_cell_change(repo: Path) -> None:
     model = torch.load(repo / "models" / "default.pth", map_location="cpu", weights_only=False)
     assert set(model) == {"teacher", "epoch", "args"}
     assert {"cls_token", "pos_embed", "blocks.0.attn.qkv.weight", "norm.weight"} <= set(backbone_state_dict(model))
+    att = json.loads((repo / "results" / "attention" / "attention.json").read_text())   # shapes has masks
+    for key in ("jaccard_best_head", "random_init_jaccard_best_head"):
+        assert 0.0 <= att[key] <= 100.0
     # nothing changed: every stage is up to date, no cell recomputed
     t0 = time.time()
     r = _repro(repo)

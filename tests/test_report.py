@@ -285,7 +285,8 @@ def test_optional_inputs_present(tmp_path):
     for i in range(2):
         Image.new("RGB", (120, 60), (40 * i, 90, 200)).save(results / "attention" / f"attn_{i:03d}.png")
     (results / "attention" / "attention.json").write_text(json.dumps(
-        {"jaccard_best_head": 0.4321, "jaccard_mean_head": 0.3, "jaccard_per_head": [0.3, 0.4321], "best_head": 1}))
+        {"jaccard_best_head": 43.21, "jaccard_mean_head": 30.0, "jaccard_per_head": [30.0, 43.21], "best_head": 1,
+         "random_init_jaccard_best_head": 35.04, "random_init_jaccard_mean_head": 25.0}))
     (results / "tune").mkdir()
     Image.new("RGB", (50, 50)).save(results / "tune" / "optimization_history.png")
     (results / "tune" / "trials.csv").write_text("number,value\n0,1.0\n")
@@ -303,6 +304,7 @@ def test_optional_inputs_present(tmp_path):
     readme = (results / "README.md").read_text()
     for s in ("(plots/attention.png)", "(attention/attn_000.png)", "(tune/optimization_history.png)",
               "(tune/trials.csv)", "git_sha: `abc123`", "cells_wall_time_s: `7200 s (2.00 h)`", "random_init: 31.2",
+              "best head 43.2 %, mean over heads 30.0 % (random-init ViT: best head 35.0 %, mean 25.0 %)",
               "seeds: `[0, 1, 2]`", "ran 1 time(s) on this run store, 1.50 h in all",
               "2026-01-01T10:00:00Z to 2026-01-01T11:30:00Z: 1.50 h, 4 cell(s) run, 2 reused, 0 failed, executor local"):
         assert s in readme, s

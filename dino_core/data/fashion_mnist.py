@@ -4,6 +4,9 @@
 Where the files are looked for, in ``root``: ``root/<name>[.gz]`` and torchvision's layout
 ``root/FashionMNIST/raw/<name>[.gz]``. The Debian package ``dataset-fashion-mnist`` installs them
 in :data:`DEBIAN_ROOT`, the default root.
+
+Masks (for the attention Jaccard): every object lies on a background of exactly 0 (about half
+of the pixels), so the silhouette ``pixel > 0`` is an exact ground-truth foreground mask.
 """
 from __future__ import annotations
 
@@ -72,12 +75,14 @@ def missing_message(root: Path, name: str) -> str:
 
 class FashionMNIST(Dataset):
     """Split ``"train"`` (60,000) or ``"val"`` (the 10,000 test images); items ``(image, label)``
-    with ``image = transform(PIL RGB 28 x 28)``."""
+    with ``image = transform(PIL RGB 28 x 28)``, or ``(image, label, mask_transform(silhouette))``
+    with a ``mask_transform`` (silhouette: PIL L, 255 where the pixel is > 0, else 0)."""
 
     classes = list(CLASSES)
 
     def __init__(self, root: str | os.PathLike | None, split: str = "train",
-                 transform: Callable | None = None) -> None:
+                 transform: Callable | None = None, mask_transform: Callable | None = None) -> None:
+        self.mask_transform = mask_transform
         if split not in FILES:
             raise ValueError(f"fashion_mnist: unknown split {split!r}; allowed: {', '.join(FILES)}")
         self.root, self.split, self.transform = resolve_root(root), split, transform
@@ -102,5 +107,9 @@ class FashionMNIST(Dataset):
         return len(self.targets)
 
     def __getitem__(self, index: int) -> tuple:
-        image = Image.fromarray(np.ascontiguousarray(self.images[index])).convert("RGB")
-        return (self.transform(image) if self.transform is not None else image), self.targets[index]
+        pixels = np.ascontiguousarray(self.images[index])
+        image = Image.fromarray(pixels).convert("RGB")
+        item = (self.transform(image) if self.transform is not None else image), self.targets[index]
+        if self.mask_transform is None:
+            return item
+        return (*item, self.mask_transform(Image.fromarray(np.where(pixels > 0, 255, 0).astype(np.uint8), "L")))

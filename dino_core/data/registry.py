@@ -61,10 +61,11 @@ def _shapes(root: Path, split: str, transform: Callable | None, download: bool, 
                          mask_transform=mask_transform, skip_corrupt=skip_corrupt, verify=skip_corrupt)
 
 
-def _fashion_mnist(root: Path, split: str, transform: Callable | None, download: bool, *_) -> Dataset:
+def _fashion_mnist(root: Path, split: str, transform: Callable | None, download: bool, skip_corrupt: bool,
+                   mask_transform: Callable | None) -> Dataset:
     if download and fashion_mnist.find_file(root, fashion_mnist.FILES[split][0]) is None:
         tv.FashionMNIST(str(root), train=split == "train", download=True)
-    return fashion_mnist.FashionMNIST(root, split, transform)
+    return fashion_mnist.FashionMNIST(root, split, transform, mask_transform)
 
 
 def _cifar(cls: type, folder: str) -> Callable[..., Dataset]:
@@ -129,7 +130,7 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "shapes": DatasetSpec(_shapes, SHAPES_STATS, len(shapes.CLASSES), has_masks=True),
-    "fashion_mnist": DatasetSpec(_fashion_mnist, FASHION_MNIST_STATS, len(fashion_mnist.CLASSES)),
+    "fashion_mnist": DatasetSpec(_fashion_mnist, FASHION_MNIST_STATS, len(fashion_mnist.CLASSES), has_masks=True),
     "cifar10": DatasetSpec(_cifar(tv.CIFAR10, "cifar-10-batches-py"), CIFAR10_STATS, 10),
     "cifar100": DatasetSpec(_cifar(tv.CIFAR100, "cifar-100-python"), CIFAR100_STATS, 100),
     "stl10": DatasetSpec(_stl10, IMAGENET_STATS, 10, ("train", "val", "unlabeled", "train+unlabeled"),

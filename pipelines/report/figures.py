@@ -88,10 +88,12 @@ def attention_spec(extras: dict) -> FigureSpec | None:
         return None
     info, title = att.get("json") or {}, "Attention of the default model (per head, with the attention-mass masks)"
     if info.get("jaccard_best_head") is not None:
-        title += f"\nJaccard vs object masks: best head {float(info['jaccard_best_head']):.3f}"
+        title += f"\nJaccard vs object masks: best head {float(info['jaccard_best_head']):.1f} %"
         title += f" (head {info['best_head']})" if info.get("best_head") is not None else ""
         if info.get("jaccard_mean_head") is not None:
-            title += f", mean over heads {float(info['jaccard_mean_head']):.3f}"
+            title += f", mean over heads {float(info['jaccard_mean_head']):.1f} %"
+        if info.get("random_init_jaccard_best_head") is not None:
+            title += f"; random init: best {float(info['random_init_jaccard_best_head']):.1f} %"
     return FigureSpec("attention.png", "attention", title, pd.DataFrame({"path": images}))
 
 

@@ -63,6 +63,13 @@ def _extra_lines(extras: dict) -> list[str]:
         lines += ["", "## Attention overlays (default model)", ""]
         lines += [f"- [{p}]({p})" for p in att["images"]]
         lines += ["- [attention.json](attention/attention.json)"] if att.get("json") is not None else []
+        info = att.get("json") or {}
+        if info.get("jaccard_best_head") is not None:
+            ref = info.get("random_init_jaccard_best_head")
+            lines.append(f"- Jaccard of the 60%-mass masks vs the object masks: best head "
+                         f"{fmt_num(info['jaccard_best_head'])} %, mean over heads {fmt_num(info.get('jaccard_mean_head'))} %"
+                         + (f" (random-init ViT: best head {fmt_num(ref)} %, mean "
+                            f"{fmt_num(info.get('random_init_jaccard_mean_head'))} %)" if ref is not None else ""))
     tune = extras.get("tune") or {}
     if tune.get("plots") or tune.get("trials"):
         lines += ["", "## Hyper-parameter search (optuna, tune stage)", ""]
