@@ -20,9 +20,6 @@ from .environment import environment, loadavg
 log = logging.getLogger(__name__)
 
 
-# ------------------------------------------------------------------------------------------ main
-
-
 def _in_child(name: str, threads: int | None, *args, **kw) -> dict:
     if threads:
         torch.set_num_threads(threads)

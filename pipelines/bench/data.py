@@ -16,9 +16,6 @@ from .environment import loadavg
 log = logging.getLogger(__name__)
 
 
-# ------------------------------------------------------------------------------- data pipeline
-
-
 class _RandomImages(torch.utils.data.Dataset):
     def __init__(self, n: int, size: int) -> None:
         self.n, self.size = n, size

@@ -10,9 +10,6 @@ import torch
 from .configs import REPO
 
 
-# --------------------------------------------------------------------------------- environment
-
-
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -11,9 +11,6 @@ from .environment import loadavg
 from .measuring import PeakMemory, _sync
 
 
-# ------------------------------------------------------------------------------------------ k-NN
-
-
 def bench_knn(n_query: int, n_train: int, dim: int = 384, num_classes: int = 1000,
               ks: Sequence[int] = (10, 20, 100, 200), device: str = "auto", seed: int = 0) -> dict:
     """knn_classify of random (n_query, dim) queries against random (n_train, dim) train features."""

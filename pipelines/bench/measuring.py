@@ -9,9 +9,6 @@ from typing import Callable
 import torch
 
 
-# ------------------------------------------------------------------------------------ measuring
-
-
 def _proc_status_kb(key: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():

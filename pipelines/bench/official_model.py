@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-# ------------------------------------------------------------ official-style re-implementation
 # Faithful to facebookresearch/dino (vision_transformer.py, main_dino.py, utils.py): same maths and
 # parameter names, written as the official code writes it (so the same state dict loads strict).
 

@@ -12,9 +12,6 @@ from dino_core.train import Run, setup, train_step
 from .measuring import PeakMemory, _sync, time_calls
 
 
-# ---------------------------------------------------------------------------------- train step
-
-
 class _Placeholder(torch.utils.data.Dataset):
     """setup() wants a dataset for its loader; the bench feeds crop tensors directly."""
 
