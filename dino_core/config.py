@@ -125,7 +125,7 @@ class EvalConfig:
     knn_temp: float = _f(0, 10, open_lo=True)
     batch_size: int = _f(1, 1 << 20)
     linear_epochs: int = _f(0, INF)
-    linear_lr: float = _f(0, 100)
+    linear_lr: tuple[float, ...] = _f(0, 100)   # base lrs at batch 256, swept (paper: per model)
     linear_batch_size: int = _f(1, 1 << 20)
     n_last_blocks: int = _f(1, 64)
     avgpool_patchtokens: bool = _f()
@@ -190,6 +190,8 @@ def _check(key: str, value: Any, typ: Any, meta: dict) -> Any:
         n = None if (len(args) == 2 and args[1] is Ellipsis) else len(args)
         if n is not None and len(value) != n:
             raise ValueError(f"{key}: expected {n} values, got {len(value)} ({value!r})")
+        if n is None and not value:
+            raise ValueError(f"{key}: expected at least one value, got an empty list")
         elem = args[0]
         out = tuple(_check(f"{key}[{i}]", v, elem, meta) for i, v in enumerate(value))
         if n == 2 and elem is float and "scale" in key and out[0] > out[1]:

@@ -1,4 +1,4 @@
-"""Reference points for k-NN: the same architecture at random init, and raw pixels.
+"""Reference points for k-NN and the linear probe: the same architecture at random init, and raw pixels.
 
 A DINO that learns must beat both (issue: "k-NN vs random init"); a collapsed one does not.
 """
@@ -8,25 +8,33 @@ import torch
 
 from dino_core.config import Config
 from dino_core.evaluate.knn import knn_classify
+from dino_core.evaluate.linear import sweep_linear
 from dino_core.train import build_network, resolve_device
 
-from .cell import eval_loaders, knn_of
+from .cell import eval_loaders, knn_of, linear_of
 
 
 def random_init_knn(cfg: Config) -> dict:
-    """k-NN of the teacher backbone as initialised with cfg.train.seed (no training)."""
+    """k-NN and linear probe of the teacher backbone as initialised with cfg.train.seed (no training)."""
     torch.manual_seed(cfg.train.seed)
     net = build_network(cfg, False)
     train_loader, val_loader = eval_loaders(cfg)
-    return knn_of(net.backbone, cfg, train_loader, val_loader, resolve_device(cfg.train.device))
+    device = resolve_device(cfg.train.device)
+    return {**knn_of(net.backbone, cfg, train_loader, val_loader, device),
+            **linear_of(net.backbone, cfg, train_loader, val_loader, device)}
 
 
 def raw_pixel_knn(cfg: Config) -> dict:
-    """k-NN on the normalised, eval-transformed pixels (flattened)."""
+    """k-NN and linear probe on the normalised, eval-transformed pixels (flattened)."""
     train_loader, val_loader = eval_loaders(cfg)
 
     def flat(loader):
         xs, ys = zip(*[(x.flatten(1), y) for x, y in loader])
         return torch.cat(xs), torch.cat(ys)
     (ftr, ltr), (fva, lva) = flat(train_loader), flat(val_loader)
-    return knn_classify(ftr, ltr, fva, lva, ks=cfg.eval.knn_k, T=cfg.eval.knn_temp)
+    out = knn_classify(ftr, ltr, fva, lva, ks=cfg.eval.knn_k, T=cfg.eval.knn_temp)
+    e = cfg.eval
+    if e.linear_epochs > 0:
+        out.update(sweep_linear(ftr, ltr, fva, lva, base_lrs=e.linear_lr, epochs=e.linear_epochs,
+                                batch_size=e.linear_batch_size, seed=cfg.train.seed))
+    return out

@@ -1,9 +1,11 @@
 """One grid cell: pre-train DINO with a resolved config, then evaluate it.
 
 `run_cell` is what the launcher ships to a process or a SLURM job. It is idempotent: a cell
-with DONE returns its summary; an interrupted one resumes from its checkpoint (pre-emption).
-Evaluation: weighted k-NN of the teacher backbone (train split -> val split), the collapse
-metrics of teacher and student on the val split, attention-mask Jaccard where masks exist.
+with DONE returns its summary; an interrupted one resumes from its checkpoint (pre-emption); a
+finished one whose evaluation is stale (store.needs_eval) is re-evaluated, not re-trained.
+Evaluation (eval.json): weighted k-NN of the teacher backbone (train split -> val split), the
+official linear probe with an lr sweep on cached features, the collapse metrics of teacher and
+student on the val split, attention-mask Jaccard where masks exist.
 """
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ from dino_core.evaluate.attention import attention_jaccard
 from dino_core.evaluate.collapse import collapse_metrics
 from dino_core.evaluate.features import extract_features
 from dino_core.evaluate.knn import knn_classify
-from dino_core.train import build_network, resolve_device, train
+from dino_core.evaluate.linear import sweep_linear
+from dino_core.train import build_loss, build_network, resolve_device, train
 
-from .store import is_done, mark_done, read_done
+from .store import cell_summary, eval_key, is_done, mark_done, needs_eval
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +52,18 @@ def eval_loaders(cfg: Config, with_masks: bool = False) -> tuple[DataLoader, Dat
 
 def load_networks(cfg: Config, cell: Path) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
     """Student and teacher (backbone + head) and the center from the cell's checkpoint."""
+    student, teacher, loss = load_trained(cfg, cell)
+    return student, teacher, loss.center
+
+
+def load_trained(cfg: Config, cell: Path) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """Student, teacher (backbone + head) and the DINO loss (center, queue) of the cell's checkpoint."""
     state = torch.load(cell / CHECKPOINT, map_location="cpu", weights_only=False)
-    student, teacher = build_network(cfg, True), build_network(cfg, False)
+    student, teacher, loss = build_network(cfg, True), build_network(cfg, False), build_loss(cfg)
     student.load_state_dict(state["student"])
     teacher.load_state_dict(state["teacher"])
-    return student, teacher, state["dino_loss"]["center"]
+    loss.load_state_dict(state["dino_loss"])
+    return student, teacher, loss
 
 
 def knn_of(backbone: torch.nn.Module, cfg: Config, train_loader, val_loader, device) -> dict:
@@ -62,15 +72,35 @@ def knn_of(backbone: torch.nn.Module, cfg: Config, train_loader, val_loader, dev
     return knn_classify(ftr, ltr, fva, lva, ks=cfg.eval.knn_k, T=cfg.eval.knn_temp)
 
 
+def linear_of(backbone: torch.nn.Module, cfg: Config, train_loader, val_loader, device) -> dict:
+    """The official linear probe (eval_linear.py) on cached frozen features, best of the lr sweep."""
+    e = cfg.eval
+    if e.linear_epochs == 0:
+        return {}
+    kw = dict(n_last_blocks=e.n_last_blocks, avgpool=e.avgpool_patchtokens, device=device)
+    ftr, ltr = extract_features(backbone, train_loader, **kw)
+    fva, lva = extract_features(backbone, val_loader, **kw)
+    return sweep_linear(ftr, ltr, fva, lva, base_lrs=e.linear_lr, epochs=e.linear_epochs,
+                        batch_size=e.linear_batch_size, device=device, seed=cfg.train.seed)
+
+
 def evaluate_cell(cfg: Config, cell: Path) -> dict:
-    """k-NN, collapse metrics and (shapes) attention Jaccard of a trained cell -> eval.json."""
+    """k-NN, linear probe, collapse metrics and (with masks) attention Jaccard of a trained cell
+    -> eval.json (with its eval_key).
+
+    The collapse metrics use the run's own teacher targets at the last epoch (DINOLoss.teacher_probs:
+    its normalisation, center or not, and its tau_t), so a no-centering row is judged on what its
+    student was trained towards, not on a centred teacher it never saw."""
     device = resolve_device(cfg.train.device)
     has_masks = spec(cfg.data.dataset).has_masks
     train_loader, val_loader = eval_loaders(cfg, with_masks=has_masks)
-    student, teacher, center = load_networks(cfg, cell)
-    out = knn_of(teacher.backbone, cfg, train_loader, val_loader, device)
-    last_tt = cfg.loss.teacher_temp if cfg.loss.sharpening else cfg.loss.student_temp
-    out.update(collapse_metrics(student, teacher, val_loader, center, cfg.loss.student_temp, last_tt, device))
+    student, teacher, loss = load_trained(cfg, cell)
+    out = {"eval_key": eval_key(cfg), **knn_of(teacher.backbone, cfg, train_loader, val_loader, device)}
+    out.update(linear_of(teacher.backbone, cfg, train_loader, val_loader, device))
+    last = cfg.train.epochs - 1
+    out.update(collapse_metrics(student, teacher, val_loader, 0.0, cfg.loss.student_temp,
+                                float(loss.teacher_temps[last]), device,
+                                targets=lambda t: loss.to(t.device).teacher_probs(t, last)))
     if has_masks:
         out.update(attention_jaccard(teacher.backbone, val_loader, cfg.eval.attn_threshold, device))
     atomic_write_json(cell / "eval.json", out)
@@ -78,11 +108,15 @@ def evaluate_cell(cfg: Config, cell: Path) -> dict:
 
 
 def run_cell(cell_dir: str, params: dict) -> dict:
-    """Train + evaluate one cell; returns the DONE summary. Safe to call again (resume/reuse)."""
+    """Train + evaluate one cell; returns its summary (store.cell_summary). Safe to call again:
+    a finished cell is reused, re-evaluated if its evaluation is stale, an unfinished one resumes."""
     cell = Path(cell_dir)
-    if is_done(cell):
-        return read_done(cell)
     cfg = Config.from_dict(params)
+    if is_done(cell):
+        if needs_eval(cell, cfg):
+            log.info("%s: evaluation stale (eval section or EVAL_VERSION changed): re-evaluating", cell.name)
+            evaluate_cell(cfg, cell)
+        return cell_summary(cell)
     cell.mkdir(parents=True, exist_ok=True)
     mean, std = NORMALIZATION[cfg.data.dataset]
     metrics = train(cfg, cell, pretrain_dataset(cfg), mean, std)
@@ -91,7 +125,6 @@ def run_cell(cell_dir: str, params: dict) -> dict:
     summary = {"cell": cell.name, "status": metrics["status"], "ln_k": math.log(cfg.head.out_dim),
                "wall_time_s": metrics["wall_time_s"]}
     if metrics["status"] == "ok":
-        ev = evaluate_cell(cfg, cell)
-        summary.update({k: v for k, v in ev.items() if isinstance(v, (int, float, bool, str))})
+        evaluate_cell(cfg, cell)   # eval.json before DONE: a DONE ok cell always has an evaluation
     mark_done(cell, summary)
-    return summary
+    return cell_summary(cell)

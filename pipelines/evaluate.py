@@ -30,14 +30,16 @@ from .baselines import random_init_knn, raw_pixel_knn
 from .cell import load_networks
 from .grid import plan
 from .params import ROOT, grid_cells, load_all, resolve_profile
-from .store import cell_dir, is_done, read_done, read_history
+from .store import cell_dir, cell_summary, is_done, needs_eval, read_history
 
 log = logging.getLogger(__name__)
 N_OVERLAYS = 4
 
 
-def collect(table: pd.DataFrame, store: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(cells: one row per study,row,seed with DONE metrics; curves: one row per epoch)."""
+def collect(table: pd.DataFrame, store: Path, params: dict[str, dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cells: one row per study,row,seed with the cell's summary and evaluation; curves: one row
+    per epoch). params: cell hash -> its resolved config (grid.plan), to check that each
+    evaluation is current."""
     cells, curves = [], []
     for r in table.itertuples(index=False):
         path = store / "cells" / r.cell
@@ -45,13 +47,16 @@ def collect(table: pd.DataFrame, store: Path) -> tuple[pd.DataFrame, pd.DataFram
         if not is_done(path):
             cells.append({**base, "status": "missing"})
             continue
+        if needs_eval(path, Config.from_dict(params[r.cell])):
+            raise SystemExit(f"cell {path}: its eval.json is missing or stale (eval section or EVAL_VERSION "
+                             "changed): run the pretrain stage, which re-evaluates finished cells")
         log_df = pd.read_json(path / "log.jsonl", lines=True) if (path / "log.jsonl").stat().st_size else None
         extra = {}
         if log_df is not None and len(log_df):
             extra = {"epoch_time_s": log_df.epoch_time_s.mean(), "peak_mem_mb": log_df.peak_mem_mb.max(),
                      "final_loss": log_df.loss.iloc[-1]}
             curves += [{**base, **row} for row in log_df.to_dict("records")]
-        cells.append({**base, **read_done(path), **extra, "cell": r.cell})
+        cells.append({**base, **cell_summary(path), **extra, "cell": r.cell})
     return pd.DataFrame(cells), pd.DataFrame(curves)
 
 
@@ -103,8 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     params, results = load_all(args.params), Path(args.results)
     store = ROOT / params["grid"]["store"]
-    table, _ = plan(grid_cells(params), store)
-    cells, curves = collect(table, store)
+    table, unique = plan(grid_cells(params), store)
+    cells, curves = collect(table, store, unique)
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results / "cells.csv", cells.to_csv(index=False))
     atomic_write_text(results / "curves.csv", curves.to_csv(index=False))

@@ -1,7 +1,8 @@
 """Stage `pretrain`: run every cell of every study in params.yaml `grid` (train + evaluate).
 
-Cells are identified by the hash of their resolved config; identical cells of several studies
-run once; finished cells (DONE) are reused; unfinished ones resume from their checkpoint. The
+Cells are identified by the hash of their resolved training config; identical cells of several
+studies run once; finished cells (DONE) are reused, and re-evaluated when their evaluation is
+stale (the `eval` section or store.EVAL_VERSION changed); unfinished ones resume from their checkpoint. The
 cells go out through the submitit launcher (launch.yaml: local processes, SLURM job array or
 in-process); the launcher is not part of any cell's identity. Output: results/grid.csv.
 """
@@ -21,7 +22,7 @@ from dino_core.config import Config
 from .ddp_entry import train_cell_ddp
 from .launch import CellFailed, load_launch_config, run_cells
 from .params import ROOT, Cell, grid_cells, load_all
-from .store import append_history, cell_dir, is_done, read_done
+from .store import append_history, cell_dir, is_done, needs_eval, read_done
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,10 @@ def run_grid(params: dict, launch_overrides: dict | None = None, root: Path = RO
     store = root / params["grid"]["store"]
     table, unique = plan(cells, store)
     pending = [h for h in unique if not is_done(store / "cells" / h)]
-    log.info("grid: %d cells (%d unique), %d finished, %d to run", len(table), len(unique),
-             len(unique) - len(pending), len(pending))
+    stale = [h for h in unique if needs_eval(store / "cells" / h, Config.from_dict(unique[h]))]
+    log.info("grid: %d cells (%d unique), %d finished, %d to run, %d to re-evaluate (stale evaluation)",
+             len(table), len(unique), len(unique) - len(pending), len(pending), len(stale))
+    pending += stale
     outcomes, executor = {}, "none"
     if pending:
         launch = load_launch_config(root / "launch.yaml", launch_overrides)
@@ -62,7 +65,8 @@ def run_grid(params: dict, launch_overrides: dict | None = None, root: Path = RO
             statuses.append(read_done(store / "cells" / h)["status"] if is_done(store / "cells" / h) else "missing")
     table["status"] = statuses
     append_history(store, {"started": started, "finished": _now(), "wall_time_s": round(time.monotonic() - t0, 1),
-                           "cells_unique": len(unique), "cells_run": len(pending),
+                           "cells_unique": len(unique), "cells_run": len(pending) - len(stale),
+                           "cells_reevaluated": len(stale),
                            "cells_reused": len(unique) - len(pending), "executor": executor,
                            "failed": sum(isinstance(o, CellFailed) for o in outcomes.values())})
     return table

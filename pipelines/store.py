@@ -1,10 +1,12 @@
 """The run store: one directory per grid cell, named by the hash of its resolved config.
 
 runs/cells/<hash>/ holds config.yaml, log.jsonl, checkpoint.pth, metrics.json (training),
-eval.json (evaluation) and DONE, written last and atomically: a cell without DONE is
-unfinished (it resumes from its checkpoint), never read as finished. Identical cells of
-different studies share one directory and run once. Launcher settings are not part of the
-hash, so moving from the laptop to a cluster never changes a cell's identity.
+DONE (the training summary, written last and atomically: a cell without DONE is unfinished, it
+resumes from its checkpoint and is never read as finished) and eval.json (the evaluation, with
+the `eval_key` it was computed under). Identical cells of different studies share one directory
+and run once. The hash covers what changes the trained weights only: launcher settings, the
+`eval` section and the val-set size are left out, so moving to a cluster keeps a cell's identity
+and a change of the evaluation re-evaluates finished cells instead of re-training them.
 """
 from __future__ import annotations
 
@@ -16,21 +18,37 @@ from dino_core.checkpoint import atomic_write_json, atomic_write_text
 from dino_core.config import Config
 
 DONE = "DONE"
+TRAINING_KEYS = ("cell", "status", "ln_k", "wall_time_s")   # what DONE records of the training
 HISTORY = "history.jsonl"   # one line per grid invocation: when, how long, cells run / reused
 
 
-# Keys that cannot change a result: loader workers (augmentations are seeded per sample) and
-# the progress-line interval. They are left out of a cell's identity.
-NEUTRAL = (("data", "num_workers"), ("train", "log_every"))
+# Keys that cannot change the trained weights: loader workers (augmentations are seeded per
+# sample), the progress-line interval, and what only the evaluation reads (the val-set size).
+NEUTRAL = (("data", "num_workers"), ("train", "log_every"), ("data", "num_val"))
+# The version of the evaluation protocol (pipelines/cell.py evaluate_cell and dino_core.evaluate):
+# bump it when a change alters any number in eval.json, and every finished cell is re-evaluated
+# (not re-trained) by the next grid run. 2: collapse metrics with the run's own teacher
+# normalisation (no center for the no-centering rows), official linear probe with an lr sweep.
+EVAL_VERSION = 2
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def cell_hash(cfg: Config) -> str:
-    """sha256 of the canonical JSON of the resolved config (the seed is train.seed), 16 hex."""
+    """sha256 of the canonical JSON of the training part of the resolved config (the seed is
+    train.seed; no `eval` section, no NEUTRAL key), 16 hex."""
     d = cfg.to_dict()
+    d.pop("eval")
     for section, key in NEUTRAL:
         d[section].pop(key)
-    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return _digest(d)
+
+
+def eval_key(cfg: Config) -> str:
+    """Identity of a cell's evaluation: the `eval` section, the val-set size and EVAL_VERSION."""
+    return _digest({"eval": cfg.to_dict()["eval"], "num_val": cfg.data.num_val, "version": EVAL_VERSION})
 
 
 def cell_dir(store: Path, cfg: Config) -> Path:
@@ -47,6 +65,30 @@ def mark_done(path: Path, summary: dict) -> None:
 
 def read_done(path: Path) -> dict:
     return json.loads((Path(path) / DONE).read_text())
+
+
+def read_eval(path: Path) -> dict | None:
+    """The cell's eval.json, or None if it has none."""
+    f = Path(path) / "eval.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def needs_eval(path: Path, cfg: Config) -> bool:
+    """A finished (DONE) cell that trained ok but whose eval.json is missing or was computed under
+    another eval_key (another `eval` section, val size or EVAL_VERSION)."""
+    if not is_done(path) or read_done(path).get("status") != "ok":
+        return False
+    ev = read_eval(path)
+    return ev is None or ev.get("eval_key") != eval_key(cfg)
+
+
+def cell_summary(path: Path) -> dict:
+    """The training fields of DONE with the scalar metrics of eval.json (the current evaluation;
+    DONE files written before EVAL_VERSION 2 also hold an older evaluation, which is dropped)."""
+    out = {k: v for k, v in read_done(path).items() if k in TRAINING_KEYS}
+    ev = read_eval(path) or {}
+    out.update({k: v for k, v in ev.items() if isinstance(v, (int, float, bool, str))})
+    return out
 
 
 def append_history(store: Path, entry: dict) -> None:

@@ -90,6 +90,8 @@ def test_missing_key():
     ("data", "root", 3, r"data\.root: expected a string, got 3"),
     ("crops", "global_scale", 0.4, r"crops\.global_scale: expected a list, got 0\.4"),
     ("crops", "global_scale", [0.4, 0.6, 1.0], r"crops\.global_scale: expected 2 values, got 3"),
+    ("eval", "linear_lr", [], r"eval\.linear_lr: expected at least one value, got an empty list"),
+    ("eval", "linear_lr", 0.001, r"eval\.linear_lr: expected a list, got 0\.001"),
 ])
 def test_wrong_type(section, key, value, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -157,3 +159,37 @@ def test_merge_is_deep_and_does_not_mutate():
 def test_load_params_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="params file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_cell_identity_is_training_only_and_eval_key_tracks_the_evaluation():
+    from pipelines import store
+    base = tiny_config()
+    # the evaluation (eval section, val size) never changes a cell's identity, only its eval_key
+    for changed in (base.replace("eval", knn_temp=0.1), base.replace("eval", linear_lr=(0.5,)),
+                    base.replace("data", num_val=7)):
+        assert store.cell_hash(changed) == store.cell_hash(base)
+        assert store.eval_key(changed) != store.eval_key(base)
+    # what changes the trained weights changes the identity (and not the eval_key)
+    for changed in (base.replace("loss", teacher_temp=0.05), base.replace("train", seed=1),
+                    base.replace("data", num_train=64)):
+        assert store.cell_hash(changed) != store.cell_hash(base)
+        assert store.eval_key(changed) == store.eval_key(base)
+    assert store.cell_hash(base.replace("train", log_every=3)) == store.cell_hash(base)
+
+
+def test_needs_eval_and_cell_summary(tmp_path):
+    from dino_core.checkpoint import atomic_write_json
+    from pipelines import store
+    cfg, cell = tiny_config(), tmp_path / "c"
+    cell.mkdir()
+    assert not store.needs_eval(cell, cfg)                    # not finished: train first
+    store.mark_done(cell, {"cell": "c", "status": "ok", "ln_k": 1.0, "wall_time_s": 2.0, "knn20_top1": 50.0})
+    assert store.needs_eval(cell, cfg)                        # finished, never evaluated
+    atomic_write_json(cell / "eval.json", {"eval_key": store.eval_key(cfg), "knn20_top1": 61.5, "arr": [1]})
+    assert not store.needs_eval(cell, cfg)
+    assert store.needs_eval(cell, cfg.replace("eval", knn_temp=0.2))
+    # the summary: DONE's training fields, the evaluation from eval.json (an older DONE-held one dropped)
+    assert store.cell_summary(cell) == {"cell": "c", "status": "ok", "ln_k": 1.0, "wall_time_s": 2.0,
+                                        "eval_key": store.eval_key(cfg), "knn20_top1": 61.5}
+    store.mark_done(cell, {"cell": "c", "status": "diverged", "ln_k": 1.0, "wall_time_s": 2.0})
+    assert not store.needs_eval(cell, cfg.replace("eval", knn_temp=0.2))   # nothing to evaluate

@@ -13,6 +13,7 @@ from dino_core.config import EvalConfig
 from dino_core.evaluate import (attention_jaccard, backbone_state_dict, collapse_metrics, collapse_verdict,
                                 effective_rank, entropy, evaluate_checkpoint, extract_features, feature_metrics,
                                 feature_std, head_metrics, infer_arch, jaccard, kl_divergence, knn_chunk_size,
+                                sweep_linear,
                                 knn_classify, knn_memory_bytes, knn_predict, load_backbone, mass_mask,
                                 rank_classes, save_attention_overlays, train_linear, upsample_mask)
 from dino_core.head import DINOHead, MultiCropWrapper
@@ -28,7 +29,7 @@ def tiny_vit(seed: int = 0, heads: int = 2):
 
 
 def eval_cfg(**kw) -> EvalConfig:
-    d = dict(knn_k=(1, 20), knn_temp=0.07, batch_size=4, linear_epochs=0, linear_lr=0.001,
+    d = dict(knn_k=(1, 20), knn_temp=0.07, batch_size=4, linear_epochs=0, linear_lr=(0.001,),
              linear_batch_size=8, n_last_blocks=1, avgpool_patchtokens=False, attn_threshold=0.6)
     d.update(kw)
     return EvalConfig(**d)
@@ -107,6 +108,20 @@ def test_linear_probe_separable_reaches_100():
     assert res["linear_top5_last"] == 100.0 and 1 <= res["linear_best_epoch"] <= 10
 
 
+def test_linear_sweep_keeps_the_best_lr():
+    g = torch.Generator().manual_seed(0)
+    means = 4 * torch.eye(3, 16)
+    y = torch.randint(0, 3, (300,), generator=g)
+    x = means[y] + 0.5 * torch.randn(300, 16, generator=g)
+    # lr 1e-7 barely moves the N(0, 0.01) classifier in 2 epochs; lr 1.0 separates the classes
+    res = sweep_linear(x[:200], y[:200], x[200:], y[200:], base_lrs=[1.0, 1e-7], epochs=2, batch_size=32)
+    assert res["linear_lr"] == 1.0 and res["linear_top1_best"] == 100.0
+    slow = train_linear(x[:200], y[:200], x[200:], y[200:], epochs=2, base_lr=1e-7, batch_size=32)
+    assert slow["linear_top1_best"] < 100.0
+    with pytest.raises(ValueError, match="base_lrs is empty"):
+        sweep_linear(x, y, x, y, base_lrs=[], epochs=1)
+
+
 # ---------------------------------------------------------------------------------------- collapse
 def test_entropy_kl_closed_forms():
     K = 8
@@ -161,6 +176,12 @@ def test_collapse_metrics_runs_networks():
     assert m["cross_entropy"] == pytest.approx(m["teacher_entropy"] + m["kl_teacher_student"])
     assert 0 <= m["teacher_entropy"] <= m["teacher_mean_entropy"] + 1e-6 <= math.log(32) + 1e-6
     assert 1 <= m["prototypes_used"] <= 6 and m["feature_dim"] == 16 and isinstance(m["collapsed"], bool)
+    # the run's own targets replace softmax((t - c) / tau_t): a one-hot target on prototype 3
+    onehot = collapse_metrics(net(0), net(1), loader, torch.zeros(32), 0.1, 0.04,
+                              targets=lambda t: torch.nn.functional.one_hot(torch.full((len(t),), 3), 32).float())
+    assert onehot["teacher_entropy"] == 0.0 and onehot["teacher_mean_entropy"] == 0.0
+    assert onehot["prototypes_used"] == 1 and onehot["collapsed"] and "one-hot" in onehot["collapse_reason"]
+
 
 
 # --------------------------------------------------------------------------------------- attention

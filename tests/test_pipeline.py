@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import pandas as pd
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,6 +104,22 @@ def test_dag_end_to_end_reuse_and_one_cell_change(repo: Path) -> None:
     assert all(r["wall_time_s"] > 0 and r["started"] <= r["finished"] for r in runs)
     readme = (repo / "results" / "README.md").read_text()
     assert "The pretrain stage ran 2 time(s)" in readme and "1 cell(s) run, 5 reused, 0 failed" in readme
+    # an evaluation parameter changes: every current cell is re-evaluated, none re-trained
+    cells_dir = repo / "runs" / "cells"
+    current = set(pd.read_csv(repo / "results" / "cells.csv")["cell"])
+    ckpts = {h: (cells_dir / h / "checkpoint.pth").stat().st_mtime for h in after}
+    keys = {h: json.loads((cells_dir / h / "eval.json").read_text())["eval_key"] for h in current}
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["eval"]["attn_threshold"] = 0.5       # not read by the tune objective: tune stays done
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _repro(repo)
+    assert _done_cells(repo) == after
+    assert {h: (cells_dir / h / "checkpoint.pth").stat().st_mtime for h in after} == ckpts
+    new_keys = {h: json.loads((cells_dir / h / "eval.json").read_text())["eval_key"] for h in current}
+    assert len(set(new_keys.values())) == 1 and not set(new_keys.values()) & set(keys.values())
+    last = json.loads((repo / "results" / "env.json").read_text())["grid_runs"][-1]
+    assert (last["cells_run"], last["cells_reevaluated"], last["cells_reused"]) == (0, 6, 0)
+    assert "0 cell(s) run, 0 reused, 6 re-evaluated" in (repo / "results" / "README.md").read_text()
 
 
 def test_killed_grid_loses_no_finished_cell(repo: Path) -> None:

@@ -53,7 +53,8 @@ CELL_COLS = ["study", "row", "seed", "cell", "status", "knn10_top1", "knn10_top5
              "knn100_top1", "knn100_top5", "knn200_top1", "knn200_top5", "teacher_entropy", "teacher_mean_entropy",
              "kl_teacher_student", "prototypes_used", "log_K", "feature_std", "effective_rank", "feature_dim",
              "collapsed", "collapse_reason", "jaccard_best_head", "jaccard_mean_head", "wall_time_s", "epoch_time_s",
-             "peak_mem_mb"]
+             "peak_mem_mb", "linear_top1_best"]
+LINEAR_GAIN = 5.0   # synthetic linear probe = k-NN + 5 (same deltas: the verdicts do not change)
 
 
 def fake_cells(spec: dict = SYNTHETIC) -> pd.DataFrame:
@@ -63,7 +64,8 @@ def fake_cells(spec: dict = SYNTHETIC) -> pd.DataFrame:
         for seed, (knn, coll, status, t, m) in enumerate(seeds):
             r = dict.fromkeys(CELL_COLS, float("nan"))
             r.update(study=study, row=row, seed=seed, cell=f"fake-{study}-{row}-{seed}",
-                     status=status, knn20_top1=knn, knn20_top5=knn, log_K=LN_K, feature_dim=128,
+                     status=status, knn20_top1=knn, knn20_top5=knn, linear_top1_best=knn + LINEAR_GAIN,
+                     log_K=LN_K, feature_dim=128,
                      collapsed=coll, collapse_reason="synthetic", wall_time_s=100.0, epoch_time_s=t, peak_mem_mb=m)
             rows.append(r)
     return pd.DataFrame(rows, columns=CELL_COLS)
@@ -115,6 +117,7 @@ def test_tables_equal_inputs(store):
     assert t.loc["dino", "knn20_mean"] == pytest.approx(72.0)
     assert t.loc["dino", "knn20_std"] == pytest.approx(2.0)                        # sqrt((4+0+4)/2)
     assert t.loc["dino", "n"] == 3
+    assert t.loc["dino", "linear_mean"] == pytest.approx(77.0) and t.loc["dino", "linear_std"] == pytest.approx(2.0)
     assert t.loc["mse", "knn20_std"] == pytest.approx(1.0)
     assert t.loc["sinkhorn", "n"] == 1 and t.loc["sinkhorn", "n_seeds"] == 3       # 2 diverged: not averaged
     assert math.isnan(t.loc["sinkhorn", "knn20_std"]) and "2 diverged" in t.loc["sinkhorn", "note"]
@@ -147,8 +150,8 @@ def test_table_verdicts(store):
 def test_markdown_and_latex(store):
     results, _ = store
     md = (results / "tables" / "table7_components.md").read_text()
-    assert "| DINO " in md and "72.0 ± 2.0" in md and "71.0 ± n/a" in md and "Agreement rule" in md
-    for col in ("Mom.", "SK", "MC", "Loss", "Pred.", "paper k-NN", "paper linear", "ours k-NN", "agrees"):
+    assert "| DINO " in md and "72.0 ± 2.0" in md and "71.0 ± n/a" in md and "77.0 ± 2.0" in md and "Agreement rule" in md
+    for col in ("Mom.", "SK", "MC", "Loss", "Pred.", "paper k-NN", "paper linear", "ours k-NN", "ours linear", "agrees"):
         assert col in md
     mc = (results / "tables" / "multicrop.md").read_text()
     assert "time/epoch (s)" in mc and "11.0 ± 1.0" in mc and "15.3" in mc
@@ -225,6 +228,9 @@ LEARNS = S(3, 70.0, 1.0, 0)
     ({"knn": 72.8}, LEARNS, {"knn": None}, LEARNS, False, "yes"),                   # default: no paper number
     ({"linear": 67.8}, S(3, 60.0, 1.0, 0), {"linear": 73.8}, LEARNS, False, "yes"),  # linear when no k-NN
     ({"knn": 65.0}, S(1, 60.0, math.nan, 0), {"knn": 70.0}, S(1, 70.0, math.nan, 0), False, "yes"),  # n=1
+    # our linear probe answers the paper's linear-only rows; our k-NN the paper's k-NN rows
+    ({"linear": 67.8}, S(3, 60.0, 1.0, 0, 75.0, 1.0), {"linear": 73.8}, S(3, 70.0, 1.0, 0, 70.0, 1.0), False, "no"),
+    ({"knn": 65.0}, S(3, 60.0, 1.0, 0, 75.0, 1.0), {"knn": 70.0}, S(3, 70.0, 1.0, 0, 70.0, 1.0), False, "yes"),
 ])
 def test_agreement_rule(paper, ours, dpaper, dours, is_default, verdict):
     got, reason = R.agreement(paper, ours, dpaper, dours, is_default)
@@ -297,13 +303,14 @@ def test_optional_inputs_present(tmp_path):
                                                                  "cells_run": 4, "cells_reused": 2, "failed": 0,
                                                                  "executor": "local"}]}))
     (results / "baselines.json").write_text(json.dumps({"random_init": {"knn20_top1": 31.25},
-                                                       "raw_pixels": {"knn20_top1": 40.5}}))
+                                                       "raw_pixels": {"knn20_top1": 40.5, "linear_top1_best": 52.25}}))
     R.main(["--results", str(results), "--ablations", str(ablations)])
     att = (results / "plots" / "attention.png").read_bytes()
     assert att.startswith(PNG) and len(att) > 1024
     readme = (results / "README.md").read_text()
     for s in ("(plots/attention.png)", "(attention/attn_000.png)", "(tune/optimization_history.png)",
-              "(tune/trials.csv)", "git_sha: `abc123`", "cells_wall_time_s: `7200 s (2.00 h)`", "random_init: 31.2",
+              "(tune/trials.csv)", "git_sha: `abc123`", "cells_wall_time_s: `7200 s (2.00 h)`", "random_init: k-NN 31.2\n",
+              "raw_pixels: k-NN 40.5, linear 52.2",
               "best head 43.2 %, mean over heads 30.0 % (random-init ViT: best head 35.0 %, mean 25.0 %)",
               "seeds: `[0, 1, 2]`", "ran 1 time(s) on this run store, 1.50 h in all",
               "2026-01-01T10:00:00Z to 2026-01-01T11:30:00Z: 1.50 h, 4 cell(s) run, 2 reused, 0 failed, executor local"):

@@ -30,7 +30,7 @@ from .attention import attention_jaccard
 from .collapse import collapse_verdict, feature_metrics
 from .features import extract_features
 from .knn import knn_classify
-from .linear import train_linear
+from .linear import sweep_linear
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, train_loader: Any, val_loader: An
             ex.update(n_last_blocks=cfg.n_last_blocks, avgpool=cfg.avgpool_patchtokens)
             tr_f, _ = extract_features(model, train_loader, **ex)
             va_f, _ = extract_features(model, val_loader, **ex)
-        m.update(train_linear(tr_f, tr_y, va_f, va_y, epochs=cfg.linear_epochs, base_lr=cfg.linear_lr,
+        m.update(sweep_linear(tr_f, tr_y, va_f, va_y, epochs=cfg.linear_epochs, base_lrs=cfg.linear_lr,
                               batch_size=cfg.linear_batch_size, device=device))
     if mask_loader is not None:
         m.update(attention_jaccard(model, mask_loader, cfg.attn_threshold, device))

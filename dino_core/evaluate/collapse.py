@@ -3,6 +3,8 @@
 Head side, with teacher logits t, student logits s (B, K), center c:
 
     Pt = softmax((t - c) / tau_t),   Ps = softmax(s / tau_s)
+    (or Pt = targets(t), the training's own teacher targets: e.g. DINOLoss.teacher_probs, which
+    centres only under centering and applies Sinkhorn-Knopp per batch under SK)
     h(P) = -sum_k P_k ln P_k                    (0 ln 0 = 0; uniform: ln K, one-hot: 0)
     KL(Pt || Ps) = sum_k Pt_k (ln Pt_k - ln Ps_k),   H(Pt, Ps) = h(Pt) + KL(Pt || Ps)
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 from .features import split_batch
 
 log = logging.getLogger(__name__)
+UNIFORM_ENTROPY, UNIFORM_KL = 0.97, 0.01   # uniform collapse: h(Pt) > 0.97 ln K and KL < 0.01 ln K
 
 
 def teacher_probs(t_logits: Tensor, center: Tensor | float, tau_t: float) -> Tensor:
@@ -46,8 +49,8 @@ def kl_divergence(p: Tensor, log_q: Tensor) -> Tensor:
 
 
 def _head_sums(t_logits: Tensor, s_logits: Tensor, center: Tensor | float, tau_t: float,
-               tau_s: float) -> dict[str, Any]:
-    pt = teacher_probs(t_logits, center, tau_t)
+               tau_s: float, targets: Callable[[Tensor], Tensor] | None = None) -> dict[str, Any]:
+    pt = targets(t_logits).float() if targets is not None else teacher_probs(t_logits, center, tau_t)
     log_ps = F.log_softmax(s_logits.float() / tau_s, dim=-1)
     return {"h": entropy(pt).sum(), "kl": kl_divergence(pt, log_ps).sum(), "p": pt.sum(dim=0),
             "used": torch.bincount(pt.argmax(dim=-1), minlength=pt.shape[-1]) > 0, "n": pt.shape[0]}
@@ -102,9 +105,13 @@ def collapse_verdict(metrics: dict[str, float], K: int | None = None, d: int | N
        distribution is nearly one-hot, so one prototype wins for every image. The per-sample
        entropy is not used here: a sharpened healthy teacher is confident per image but spread
        over prototypes, and h(mean Pt) >= mean h(Pt) makes this the stricter sign.
-    4. KL < 1e-3 nats and teacher_entropy > 0.95 ln K (uniform collapse, no sharpening): the
-       teacher outputs (almost) the uniform distribution and the student copies it; a healthy
-       run keeps KL orders of magnitude above 1e-3.
+    4. teacher_entropy > 0.97 ln K and KL < 0.01 ln K (uniform collapse, no sharpening): the
+       teacher outputs (almost) the uniform distribution and the student copies it. Measured on
+       the Fashion-MNIST grid (K = 256, 12 epochs): centering only 0.997 ln K / KL 0.0002 ln K,
+       tau_t 0.08 0.985 / 0.001; rows that learn: default 0.72 / 0.03, tau_t 0.06 0.93 / 0.006,
+       warm-up 0.04 -> 0.07 0.95 / 0.004. An exact KL = 0 needs infinite training, so the rule
+       asks for "nearly uniform and nearly copied"; the 0.97 was set after seeing these numbers
+       (README: the margin between warm-up and tau_t 0.08 is narrow).
     """
     fired, d = [], d or metrics.get("feature_dim")
     if "feature_std" in metrics and d:
@@ -115,16 +122,19 @@ def collapse_verdict(metrics: dict[str, float], K: int | None = None, d: int | N
     if K and "teacher_mean_entropy" in metrics and metrics["teacher_mean_entropy"] < 0.05 * math.log(K):
         fired.append(f"one-hot collapse: h(mean Pt) {metrics['teacher_mean_entropy']:.3g} < 0.05 ln K")
     if K and "kl_teacher_student" in metrics and "teacher_entropy" in metrics \
-            and metrics["kl_teacher_student"] < 1e-3 and metrics["teacher_entropy"] > 0.95 * math.log(K):
-        fired.append(f"uniform collapse: KL {metrics['kl_teacher_student']:.3g} < 1e-3 and "
-                     f"h(Pt) {metrics['teacher_entropy']:.3g} > 0.95 ln K")
+            and metrics["kl_teacher_student"] < UNIFORM_KL * math.log(K) \
+            and metrics["teacher_entropy"] > UNIFORM_ENTROPY * math.log(K):
+        fired.append(f"uniform collapse: KL {metrics['kl_teacher_student']:.3g} < {UNIFORM_KL:g} ln K and "
+                     f"h(Pt) {metrics['teacher_entropy']:.3g} > {UNIFORM_ENTROPY:g} ln K")
     return (True, "; ".join(fired)) if fired else (False, "no collapse check fired")
 
 
 @torch.no_grad()
 def collapse_metrics(student: nn.Module, teacher: nn.Module, loader: Any, center: Tensor | float,
-                     tau_s: float, tau_t: float, device: torch.device | str = "cpu") -> dict[str, Any]:
+                     tau_s: float, tau_t: float, device: torch.device | str = "cpu",
+                     targets: Callable[[Tensor], Tensor] | None = None) -> dict[str, Any]:
     """Run teacher and student (backbone + head modules) over a held-out loader of single images.
+    Pt = softmax((t - center) / tau_t), or targets(t) (B, K) -> (B, K) when given.
 
     Head statistics are accumulated over batches (memory O(K), not O(N K)); the teacher backbone
     features (N, d) are kept for feature_std / effective_rank. Adds "collapsed" and "collapse_reason".
@@ -138,7 +148,7 @@ def collapse_metrics(student: nn.Module, teacher: nn.Module, loader: Any, center
     for batch in loader:
         x = split_batch(batch)[0].to(device)
         f = teacher.backbone(x)
-        sums = _merge(sums, _head_sums(teacher.head(f), student(x), center, tau_t, tau_s))
+        sums = _merge(sums, _head_sums(teacher.head(f), student(x), center, tau_t, tau_s, targets))
         feats.append(f.float().cpu())
     student.train(modes[0])
     teacher.train(modes[1])

@@ -5,6 +5,10 @@ SGD (momentum 0.9, weight decay 0), lr = base_lr * batch_size / 256 (batch_size 
 CosineAnnealingLR(T_max = epochs, eta_min = 0) stepped once per epoch, evaluated after every
 epoch; the best and the last top-1 / top-5 are reported (official keeps the best acc@1).
 
+The paper sweeps the lr per model (App. F: "lr swept per model"); ``sweep_linear`` trains one
+classifier per base lr and keeps the one with the best val top-1 (the official script also reports
+the best val epoch, so both choices are made on the val split, as in the paper).
+
 DEVIATION (documented): the official train set is augmented (RandomResizedCrop(224) + flip)
 and features are recomputed every epoch. Here features are extracted once (eval transform:
 resize + center crop) and cached, so there is no train augmentation. This is much faster and
@@ -78,3 +82,16 @@ def train_linear(train_feats: Tensor, train_labels: Tensor, val_feats: Tensor, v
                  epoch, epochs, lr_now, float(loss.detach()), top1, top5, best[0])
     return {"linear_top1_best": best[0], "linear_top1_last": top1, "linear_top5_best": best[1],
             "linear_top5_last": top5, "linear_best_epoch": best[2]}
+
+
+def sweep_linear(train_feats: Tensor, train_labels: Tensor, val_feats: Tensor, val_labels: Tensor, *,
+                 base_lrs: tuple[float, ...] | list[float], **kw) -> dict[str, float]:
+    """``train_linear`` for each base lr; the result of the lr with the best ``linear_top1_best``
+    (ties: the smaller lr) plus ``linear_lr`` (that base lr). kw: epochs, batch_size, device, seed."""
+    if not base_lrs:
+        raise ValueError("linear probe: base_lrs is empty")
+    runs = [(lr, train_linear(train_feats, train_labels, val_feats, val_labels, base_lr=lr, **kw))
+            for lr in sorted(base_lrs)]
+    lr, best = max(runs, key=lambda r: r[1]["linear_top1_best"])   # max keeps the first of equals
+    log.info("linear probe lr sweep: %s -> base lr %g", {r[0]: r[1]["linear_top1_best"] for r in runs}, lr)
+    return {**best, "linear_lr": lr}

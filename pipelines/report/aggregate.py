@@ -45,7 +45,8 @@ def aggregate(cells: pd.DataFrame, num_classes: int | None = None) -> pd.DataFra
     out["not_ok"] = g_all["status"].agg(_not_ok_note)
     out["n"] = g.size().reindex(out.index).fillna(0).astype(int)
     out["n_collapsed"] = g["collapsed_seed"].sum().reindex(out.index).fillna(0).astype(int)
-    for col, name in (("knn20_top1", "knn"), ("epoch_time_s", "time"), ("peak_mem_mb", "mem")):
+    for col, name in (("knn20_top1", "knn"), ("linear_top1_best", "lin"), ("epoch_time_s", "time"),
+                      ("peak_mem_mb", "mem")):
         grp = num_col(ok, col).groupby([ok["study"], ok["row"]], sort=False)
         out[f"{name}_mean"] = grp.mean().reindex(out.index)
         out[f"{name}_std"] = grp.std(ddof=1).reindex(out.index)
@@ -74,7 +75,8 @@ def stats_of(agg: pd.DataFrame, study: str, row: str) -> Stats:
     if (study, row) not in agg.index:
         return Stats(0, float("nan"), float("nan"), 0)
     r = agg.loc[(study, row)]
-    return Stats(int(r["n"]), float(r["knn_mean"]), float(r["knn_std"]), int(r["n_collapsed"]))
+    return Stats(int(r["n"]), float(r["knn_mean"]), float(r["knn_std"]), int(r["n_collapsed"]),
+                 float(r["lin_mean"]), float(r["lin_std"]))
 
 
 def paper_value(paper: dict | None, metric: str | None = None) -> float | None:
@@ -101,9 +103,11 @@ def _direction(paper: dict, ours: Stats, dpaper: dict | None, dours: Stats | Non
     if dours is None or dours.n == 0 or dours.collapsed or dours.split:
         return "inconclusive", "our default row has no ok seed or collapsed"
     dp = paper_value(paper, metric) - paper_value(dpaper, metric)
+    ours_metric = "linear" if metric == "linear" and ours.has_linear and dours.has_linear else "knn"
+    ours, dours = (ours.as_linear(), dours.as_linear()) if ours_metric == "linear" else (ours, dours)
     do = ours.mean - dours.mean
     noise = (ours.noise_std + dours.noise_std) / 2
-    tag = f"paper Δ {dp:+.1f} ({metric}), ours Δ {do:+.1f}, noise {noise:.1f}"
+    tag = f"paper Δ {dp:+.1f} ({metric}), ours Δ {do:+.1f} ({ours_metric}), noise {noise:.1f}"
     tag += "; n=1: no spread" if min(ours.n, dours.n) < 2 else ""
     if abs(dp) < APPROX_PAPER:
         limit = APPROX_SLACK + 2 * noise

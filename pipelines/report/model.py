@@ -19,7 +19,9 @@ SWEEP_STUDIES = ("teacher_momentum", "teacher_temperature", "center_momentum", "
 DPI = 150
 
 AGREEMENT_RULE = (
-    "**Agreement rule.** Paper number = its k-NN top-1 where given, else its linear top-1. "
+    "**Agreement rule.** Paper number = its k-NN top-1 where given, else its linear top-1; it is "
+    "compared with our number on the same protocol (our k-NN, or our linear probe where the paper "
+    "gives only linear; our k-NN if we have no linear probe). "
     f"(a) Collapse: the paper says a row collapses if its number is <= {COLLAPSE_PAPER_MAX:g} % "
     "(or the study file marks `collapse: true`) and that it learns otherwise; a row collapsed for us "
     "if the majority of its ok seeds did. \"yes\" iff both say the same; if the paper says it "
@@ -33,7 +35,8 @@ AGREEMENT_RULE = (
     "\"n/a\"; the default row: \"reference\" (\"no\" if it contradicts the paper on collapse); a row "
     "without an ok seed or with an even collapse split: \"inconclusive\".")
 CONVENTIONS = (
-    "**Ours** = weighted k-NN top-1 (k = 20, %) of the teacher backbone, mean ± sample std "
+    "**Ours** = weighted k-NN top-1 (k = 20, %) of the teacher backbone, and *ours linear* = the "
+    "official linear probe (best val top-1 of the lr sweep, on cached features), mean ± sample std "
     "(ddof = 1) over the ok seeds; n = number of ok seeds (std \"n/a\" for n = 1, and then taken as "
     "0 in the noise). *collapsed* = seeds whose collapse verdict fired / n. Diverged or failed "
     "seeds are named in the note and not averaged.")
@@ -41,11 +44,21 @@ CONVENTIONS = (
 
 @dataclass(frozen=True)
 class Stats:
-    """One row's result over seeds (k-NN top-1, %)."""
+    """One row's result over seeds: k-NN top-1 (mean, std, %) and linear top-1 (lin_*, % or NaN)."""
     n: int
     mean: float
     std: float
     n_collapsed: int
+    lin_mean: float = float("nan")
+    lin_std: float = float("nan")
+
+    @property
+    def has_linear(self) -> bool:
+        return math.isfinite(self.lin_mean)
+
+    def as_linear(self) -> "Stats":
+        """The same row with the linear probe as its number (for the paper's linear-only rows)."""
+        return Stats(self.n, self.lin_mean, self.lin_std, self.n_collapsed, self.lin_mean, self.lin_std)
 
     @property
     def split(self) -> bool:

@@ -52,6 +52,7 @@ def _wall_lines(env: dict | None) -> list[str]:
         note = f"; {r['note']}" if r.get("note") else ""
         lines.append(f"- {r.get('started')} to {r.get('finished')}: {float(r.get('wall_time_s') or 0.0) / 3600:.2f} h, "
                      f"{r.get('cells_run')} cell(s) run, {r.get('cells_reused')} reused, "
+                     + (f"{r['cells_reevaluated']} re-evaluated, " if r.get("cells_reevaluated") else "") +
                      f"{r.get('failed', 0)} failed, executor {r.get('executor')}{note}")
     return lines
 
@@ -77,8 +78,10 @@ def _extra_lines(extras: dict) -> list[str]:
         lines += [f"- [trials]({tune['trials']})"] if tune.get("trials") else []
     base = extras.get("baselines") or {}
     if base:
-        lines += ["", "## Reference points (k-NN top-1, k = 20)", ""]
-        lines += [f"- {k}: {fmt_num((v or {}).get('knn20_top1'))}" for k, v in sorted(base.items())]
+        lines += ["", "## Reference points (k-NN top-1, k = 20; linear probe top-1)", ""]
+        lines += [f"- {k}: k-NN {fmt_num((v or {}).get('knn20_top1'))}"
+                  + (f", linear {fmt_num(v['linear_top1_best'])}" if (v or {}).get("linear_top1_best") is not None else "")
+                  for k, v in sorted(base.items())]
     return lines
 
 

@@ -58,7 +58,8 @@ def row_record(study: dict, row: dict, agg: pd.DataFrame, ent: pd.DataFrame) -> 
            **{c: str((row.get("columns") or {}).get(c, "")) for c in study["columns"]},
            "paper_knn": paper.get("knn"), "paper_linear": paper.get("linear"),
            "paper_collapses": paper_collapses(paper), "n_seeds": int(a["n_seeds"]) if a is not None else 0,
-           "n": ours.n, "knn20_mean": ours.mean, "knn20_std": ours.std, "n_collapsed": ours.n_collapsed,
+           "n": ours.n, "knn20_mean": ours.mean, "knn20_std": ours.std, "linear_mean": ours.lin_mean,
+           "linear_std": ours.lin_std, "n_collapsed": ours.n_collapsed,
            "agrees": verdict, "note": reason + (f"; {not_ok}" if not_ok else "")
            + ("" if a is not None else "; no cells in cells.csv")}
     if paper_has(study, "time_h") or paper_has(study, "mem_gb"):
@@ -77,6 +78,8 @@ def display_frame(study: dict, num: pd.DataFrame) -> pd.DataFrame:
     if paper_has(study, "collapse"):
         d["paper collapse"] = num["paper_collapses"].map({True: "yes", False: "no"}).fillna("")
     d["ours k-NN"] = [fmt_mean_std(m, s, n) for m, s, n in zip(num["knn20_mean"], num["knn20_std"], num["n"])]
+    if num["linear_mean"].notna().any():
+        d["ours linear"] = [fmt_mean_std(m, s, n) for m, s, n in zip(num["linear_mean"], num["linear_std"], num["n"])]
     d["n"] = num["n"].astype(str)
     d["collapsed"] = [f"{k}/{n}" if n else "" for k, n in zip(num["n_collapsed"], num["n"])]
     if "time_mean_s" in num:

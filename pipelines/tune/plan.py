@@ -29,6 +29,8 @@ class Plan:
         """Hash of what a trial computes apart from the sampled values: the trial params (searched
         keys left out), the space, the objective. Budget, workers, seed and pruner are not in it."""
         base = json.loads(json.dumps(self.base))
+        # of the eval section the objective reads only the k-NN temperature (tune.knn_k is its k)
+        base["eval"] = {"knn_temp": base["eval"]["knn_temp"]}
         for p in self.space.params:
             section, field = p.key.split(".")
             base[section].pop(field, None)
