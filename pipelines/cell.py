@@ -113,7 +113,7 @@ def run_cell(cell_dir: str, params: dict) -> dict:
     cell = Path(cell_dir)
     cfg = Config.from_dict(params)
     if is_done(cell):
-        if needs_eval(cell, cfg):
+        if needs_eval(cell, cfg) and is_main():   # a DDP job: rank 0 re-evaluates, the others return
             log.info("%s: evaluation stale (eval section or EVAL_VERSION changed): re-evaluating", cell.name)
             evaluate_cell(cfg, cell)
         return cell_summary(cell)
