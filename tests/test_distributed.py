@@ -253,8 +253,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     print(f"pretrain: 1 process {t1 - t0:.1f}s, torchrun x2 {time.time() - t1:.1f}s")
-    done_one = json.loads((tmp_path / "one" / "DONE").read_text())
-    done_two = json.loads((tmp_path / "two" / "DONE").read_text())
+    from pipelines.store import cell_summary
+    done_one, done_two = cell_summary(tmp_path / "one"), cell_summary(tmp_path / "two")   # DONE + eval.json
     assert done_one["status"] == done_two["status"] == "ok"
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["world_size"] == 2
     a, b = load_run(tmp_path / "one"), load_run(tmp_path / "two")

@@ -28,6 +28,7 @@ import torch
 
 from helpers import tiny_config
 from pipelines.launch import CellFailed, launch_config_from_dict, run_cells
+from pipelines.store import cell_summary
 
 pytestmark = pytest.mark.slurm
 
@@ -177,14 +178,14 @@ def test_slurm_two_task_ddp_training_equals_local_run(tmp_path, shapes_root, ref
     assert not isinstance(res, CellFailed), str(res)
     summary, rank1 = res                       # task 0: the cell summary; task 1: its train metrics
     assert summary["status"] == "ok" and rank1["status"] == "ok"
-    assert json.loads((cell / "DONE").read_text()) == summary
+    assert cell_summary(cell) == summary                       # DONE (training) + eval.json
     metrics = json.loads((cell / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     diffs = weight_diffs(reference, cell)
     print(f"slurm 2-task DDP cell: {elapsed:.1f}s; max |diff| vs local batch {2 * B}: {diffs}")
     assert all(d <= ATOL for d in diffs.values()), diffs
     assert loss_curve(cell) == pytest.approx(loss_curve(reference), abs=ATOL)
-    ref = json.loads((reference / "DONE").read_text())
+    ref = cell_summary(reference)
     assert summary["knn5_top1"] == pytest.approx(ref["knn5_top1"], abs=1e-6)   # rank 0 evaluated
 
 
@@ -218,7 +219,7 @@ def test_slurm_job_array_of_three_training_cells(tmp_path, shapes_root, slurm_jo
     failed = [o for o in out if isinstance(o, CellFailed)]
     assert not failed, "\n".join(map(str, failed))
     assert [o["status"] for o in out] == ["ok"] * 3
-    assert [json.loads((c / "DONE").read_text()) for c in cells] == out
+    assert [cell_summary(c) for c in cells] == out
     # one job array <id>_0.._2, and the seeds really differ
     assert len({i.split("_")[0] for i in slurm_jobs.ids}) == 1
     assert sorted(i.split("_")[1] for i in slurm_jobs.ids) == ["0", "1", "2"]

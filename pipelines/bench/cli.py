@@ -77,7 +77,7 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     from . import __doc__ as bench_doc
     p = argparse.ArgumentParser(prog="python -m pipelines.bench", description=bench_doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,61 +104,70 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--no-isolate", action="store_true",
                    help="measure in this process (default: one fresh process per measurement)")
     p.add_argument("--out", default=str(REPO / "results" / "bench.json"))
-    a = p.parse_args(argv)
+    return p
+
+
+def _record(result: dict, name: str, variant: str, fn: Callable[[], dict], cfg: Config) -> dict | None:
+    """Run one step measurement into result["train_step"]; a failure (e.g. out of memory) is recorded."""
+    la0 = loadavg()
+    log.info("timing %s %s ...", name, variant)
+    try:
+        r = fn()
+    except Exception as exc:   # one failed measurement keeps the others
+        log.exception("%s %s failed", name, variant)
+        result["train_step"].append({"config": name, "variant": variant, "error": repr(exc)})
+        return None
+    r.update(config=name, variant=variant, batch_size=cfg.optim.batch_size, attn_impl=cfg.model.attn_impl,
+             img_per_s=cfg.optim.batch_size / r["s_per_step"], loadavg=[la0, loadavg()])
+    result["train_step"].append(r)
+    log.info("%s %s %s: %.3f s/step, %.1f img/s, peak %.0f MB", name, variant, r["precision"], r["s_per_step"],
+             r["img_per_s"], r["peak_mem_mb"])
+    return r
+
+
+def _time_config(a: argparse.Namespace, name: str, result: dict, iso: dict) -> None:
+    """Ours per precision and attention (and compiled), the official-style step, the speed-ups."""
+    for prec in [x for x in a.precisions.split(",") if x]:
+        for attn in [x for x in a.attn.split(",") if x]:
+            cfg = build_config(name, prec, a.device, attn_impl=None if attn == "params" else attn)
+            variant = "ours" if attn == "params" else f"ours attn={attn}"
+            _record(result, name, variant, lambda: measure("bench_step", cfg, a.warmup, a.steps, **iso), cfg)
+        cfg = build_config(name, prec, a.device)
+        if a.compile:
+            _record(result, name, "ours+compile",
+                    lambda: measure("bench_step", cfg, a.warmup, a.steps, compile=True, **iso), cfg)
+    if a.no_official:
+        return
+    cfg = build_config(name, "fp32", a.device)
+    off = _record(result, name, "official-style",
+                  lambda: measure("bench_official", cfg, a.warmup, a.steps, **iso), cfg)
+    if a.paired:
+        la0 = loadavg()
+        log.info("timing %s ours vs official-style, alternating steps ...", name)
+        pr = measure("bench_paired", cfg, a.warmup, a.paired, **iso)
+        pr.update(config=name, loadavg=[la0, loadavg()])
+        result.setdefault("paired", []).append(pr)
+    for r in result["train_step"]:
+        if off and r.get("config") == name and r.get("variant", "").startswith("ours") and "error" not in r:
+            result["speedup"].append({"config": name, "ours": f"{r['variant']} {r['precision']}",
+                                      "official": f"official-style {off['precision']}",
+                                      "ratio": off["s_per_step"] / r["s_per_step"],
+                                      "cpu_ratio": off["cpu_s_per_step"] / r["cpu_s_per_step"]})
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
     configs = [c for c in a.configs.split(",") if c]
-    precisions = [x for x in a.precisions.split(",") if x]
-    attns = [x for x in a.attn.split(",") if x]
     for c in configs:
         build_config(c)   # fail fast on a bad name
     device = resolve_device(a.device)
     iso = {"isolate": not a.no_isolate, "threads": a.threads}
     result: dict = {"env": environment(device), "args": vars(a), "train_step": [], "speedup": []}
-
-    def record(name: str, variant: str, fn: Callable[[], dict], cfg: Config) -> dict | None:
-        la0 = loadavg()
-        log.info("timing %s %s ...", name, variant)
-        try:
-            r = fn()
-        except Exception as exc:   # one failed measurement (e.g. out of memory) keeps the others
-            log.exception("%s %s failed", name, variant)
-            result["train_step"].append({"config": name, "variant": variant, "error": repr(exc)})
-            return None
-        r.update(config=name, variant=variant, batch_size=cfg.optim.batch_size, attn_impl=cfg.model.attn_impl,
-                 img_per_s=cfg.optim.batch_size / r["s_per_step"], loadavg=[la0, loadavg()])
-        result["train_step"].append(r)
-        log.info("%s %s %s: %.3f s/step, %.1f img/s, peak %.0f MB", name, variant, r["precision"], r["s_per_step"],
-                 r["img_per_s"], r["peak_mem_mb"])
-        return r
-
     for name in configs:
-        for prec in precisions:
-            for attn in attns:
-                cfg = build_config(name, prec, a.device, attn_impl=None if attn == "params" else attn)
-                variant = "ours" if attn == "params" else f"ours attn={attn}"
-                record(name, variant, lambda: measure("bench_step", cfg, a.warmup, a.steps, **iso), cfg)
-            cfg = build_config(name, prec, a.device)
-            if a.compile:
-                record(name, "ours+compile",
-                       lambda: measure("bench_step", cfg, a.warmup, a.steps, compile=True, **iso), cfg)
-        if not a.no_official:
-            cfg = build_config(name, "fp32", a.device)
-            off = record(name, "official-style", lambda: measure("bench_official", cfg, a.warmup, a.steps, **iso),
-                         cfg)
-            if a.paired:
-                la0 = loadavg()
-                log.info("timing %s ours vs official-style, alternating steps ...", name)
-                pr = measure("bench_paired", cfg, a.warmup, a.paired, **iso)
-                pr.update(config=name, loadavg=[la0, loadavg()])
-                result.setdefault("paired", []).append(pr)
-            for r in result["train_step"]:
-                if off and r.get("config") == name and r.get("variant", "").startswith("ours") and "error" not in r:
-                    result["speedup"].append({"config": name, "ours": f"{r['variant']} {r['precision']}",
-                                              "official": f"official-style {off['precision']}",
-                                              "ratio": off["s_per_step"] / r["s_per_step"],
-                                              "cpu_ratio": off["cpu_s_per_step"] / r["cpu_s_per_step"]})
+        _time_config(a, name, result, iso)
     if not a.no_knn:
         q, n = (50_000, 1_000_000) if a.knn_full else map(int, a.knn_size.lower().split("x"))
         log.info("timing k-NN %d x %d ...", q, n)

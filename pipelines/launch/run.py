@@ -125,67 +125,23 @@ def _run_pool(fn, args_list, cfg, folder, name, poll, stale, checkpointable, all
         if on_submit is not None:
             on_submit(list(jobs))
 
-    last_log = 0.0
-    last_done = -1
+    last_log, last_done = 0.0, -1
     squeue_failing_since: tp.Optional[float] = None
     try:
         start_some()
         while True:
             now = time.time()
             active = [c for c in cells if c.job is not None and not c.finished]
-            # 1) results on disk
-            for c in active:
+            for c in active:   # 1) results on disk
                 if _has_results(c.job, all_tasks):
                     c.outcome, c.finished, c.done_at = _collect(c, all_tasks), True, time.time()
             active = [c for c in active if not c.finished]
-            # 2) jobs that died without a result
-            if active and kind == "slurm":
-                states = squeue_states(c.job.job_id for c in active)
-                if states is None:
-                    squeue_failing_since = squeue_failing_since or now
-                    if now - squeue_failing_since > max(stale, 300.0):
-                        for c in active:
-                            c.outcome = _failure_from_job(
-                                c, "UNKNOWN", f"squeue has failed for {now - squeue_failing_since:.0f}s "
-                                "(slurmctld unreachable?)")
-                            c.finished = True
-                else:
-                    squeue_failing_since = None
-                    for c in active:
-                        st, reason = states.get(str(c.job.job_id), (None, ""))
-                        hopeless = st == "PENDING" and reason in _HOPELESS_REASONS
-                        if st is None or st in _FINAL_STATES or hopeless:
-                            c.stale_since = c.stale_since or now
-                            if now - c.stale_since >= stale and not _has_results(c.job, all_tasks):
-                                if hopeless:
-                                    _cancel([c.job], kind)
-                                    why = f"job can never start (pending, reason {reason}); cancelled"
-                                elif st is None:
-                                    why = "job is no longer known to squeue, without writing a result"
-                                else:
-                                    why = f"job ended in state {st} without writing a result"
-                                c.outcome, c.finished = _failure_from_job(c, st or "GONE", why), True
-                        else:
-                            c.stale_since = None
+            if active and kind == "slurm":   # 2) jobs that died without a result
+                squeue_failing_since = _check_slurm(active, now, stale, all_tasks, squeue_failing_since)
             elif active and kind == "local":
-                for c in active:
-                    if c.job.done():  # controller process exited
-                        c.stale_since = c.stale_since or now
-                        if now - c.stale_since >= min(stale, 5.0) and not _has_results(c.job, all_tasks):
-                            c.outcome, c.finished = _failure_from_job(
-                                c, c.job.state, "local job process exited without writing a result"), True
-            # 3) overall bound
-            if max_wait_s is not None and now - t0 > max_wait_s:
-                left = [c for c in cells if not c.finished]
-                _cancel([c.job for c in left if c.job is not None], kind)
-                for c in left:
-                    if c.job is None:
-                        c.outcome = CellFailed(c.index, "-", "NOT_SUBMITTED", None,
-                                               f"max_wait_s={max_wait_s} reached before submission")
-                    else:
-                        c.outcome = _failure_from_job(c, "CANCELLED",
-                                                      f"max_wait_s={max_wait_s} reached; job cancelled")
-                    c.finished = True
+                _check_local(active, now, stale, all_tasks)
+            if max_wait_s is not None and now - t0 > max_wait_s:   # 3) overall bound
+                _give_up(cells, max_wait_s, kind)
             done = sum(c.finished for c in cells)
             running = sum(1 for c in cells if c.job is not None and not c.finished)
             if done != last_done or time.time() - last_log > 60:
@@ -202,3 +158,58 @@ def _run_pool(fn, args_list, cfg, folder, name, poll, stale, checkpointable, all
         _cancel([c.job for c in cells if c.job is not None and not c.finished], kind)
         raise
     return [c.outcome for c in cells]
+
+
+def _check_slurm(active: list, now: float, stale: float, all_tasks: bool,
+                 failing_since: tp.Optional[float]) -> tp.Optional[float]:
+    """Fail the cells whose SLURM job ended, vanished or can never start without a result (after
+    `stale` s); all of them if squeue keeps failing. Returns when squeue started failing (or None)."""
+    states = squeue_states(c.job.job_id for c in active)
+    if states is None:
+        failing_since = failing_since or now
+        if now - failing_since > max(stale, 300.0):
+            for c in active:
+                c.outcome = _failure_from_job(
+                    c, "UNKNOWN", f"squeue has failed for {now - failing_since:.0f}s (slurmctld unreachable?)")
+                c.finished = True
+        return failing_since
+    for c in active:
+        st, reason = states.get(str(c.job.job_id), (None, ""))
+        hopeless = st == "PENDING" and reason in _HOPELESS_REASONS
+        if not (st is None or st in _FINAL_STATES or hopeless):
+            c.stale_since = None
+            continue
+        c.stale_since = c.stale_since or now
+        if now - c.stale_since >= stale and not _has_results(c.job, all_tasks):
+            if hopeless:
+                _cancel([c.job], "slurm")
+                why = f"job can never start (pending, reason {reason}); cancelled"
+            elif st is None:
+                why = "job is no longer known to squeue, without writing a result"
+            else:
+                why = f"job ended in state {st} without writing a result"
+            c.outcome, c.finished = _failure_from_job(c, st or "GONE", why), True
+    return None
+
+
+def _check_local(active: list, now: float, stale: float, all_tasks: bool) -> None:
+    """Fail the cells whose local controller process exited without writing a result."""
+    for c in active:
+        if c.job.done():
+            c.stale_since = c.stale_since or now
+            if now - c.stale_since >= min(stale, 5.0) and not _has_results(c.job, all_tasks):
+                c.outcome, c.finished = _failure_from_job(
+                    c, c.job.state, "local job process exited without writing a result"), True
+
+
+def _give_up(cells: list, max_wait_s: float, kind: str) -> None:
+    """max_wait_s reached: cancel what runs, fail every unfinished cell."""
+    left = [c for c in cells if not c.finished]
+    _cancel([c.job for c in left if c.job is not None], kind)
+    for c in left:
+        if c.job is None:
+            c.outcome = CellFailed(c.index, "-", "NOT_SUBMITTED", None,
+                                   f"max_wait_s={max_wait_s} reached before submission")
+        else:
+            c.outcome = _failure_from_job(c, "CANCELLED", f"max_wait_s={max_wait_s} reached; job cancelled")
+        c.finished = True

@@ -5,6 +5,7 @@ import logging
 
 import math
 import shutil
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -47,6 +48,30 @@ def _clean(v: Any) -> Any:
     return str(v)
 
 
+def _networks(seen: dict, cfg: Config, run_dir: Path, status: str) -> tuple | None:
+    """(student, teacher, center, tau_t) for the collapse metrics: the live run, or (a trial
+    resumed after its last epoch) the checkpoint; None without either."""
+    last = cfg.train.epochs - 1
+    if seen["run"] is not None:
+        r = seen["run"]
+        return r.student_mod, r.teacher_net, r.loss.center, float(r.loss.teacher_temps[min(seen["epoch"], last)])
+    if status == "ok" and (run_dir / CHECKPOINT).is_file():
+        st, te, center = load_networks(cfg, run_dir)
+        return st, te, center, cfg.loss.teacher_temp if cfg.loss.sharpening else cfg.loss.student_temp
+    return None
+
+
+def _collapse_attrs(cfg: Config, nets: tuple, queries, device) -> dict:
+    """COLLAPSE_ATTRS of the trial's networks on the k-NN queries (the center only under centering)."""
+    student, teacher, center, tau_t = nets
+    try:
+        cm = collapse_metrics(student, teacher, queries, center if cfg.loss.normalization == "centering" else 0.0,
+                              cfg.loss.student_temp, tau_t, device)
+    except Exception as e:  # noqa: BLE001 - e.g. non-finite weights of a diverged run
+        return {"collapse_error": f"{type(e).__name__}: {e}"}
+    return {k: cm[k] for k in COLLAPSE_ATTRS if k in cm}
+
+
 def objective(trial: optuna.Trial, plan: Plan, worker: int, fresh: bool) -> float:
     """Pre-train with the trial's values; report k-NN top-1 every epoch; return the final one."""
     s = plan.settings
@@ -82,28 +107,15 @@ def objective(trial: optuna.Trial, plan: Plan, worker: int, fresh: bool) -> floa
     status = {"ok": "ok", "stopped": "pruned", "diverged": "diverged"}[metrics["status"]]
     last = cfg.train.epochs - 1
     attrs: dict = {"epochs_run": (seen["epoch"] + 1) if seen["epoch"] is not None else None}
-    # networks for the collapse metrics: the live run, or (resumed after the last epoch) the checkpoint
-    nets = None
-    if seen["run"] is not None:
-        r = seen["run"]
-        nets = (r.student_mod, r.teacher_net, r.loss.center, float(r.loss.teacher_temps[min(seen["epoch"], last)]))
-    elif status == "ok" and (run_dir / CHECKPOINT).is_file():
-        st, te, center = load_networks(cfg, run_dir)
-        nets = (st, te, center, cfg.loss.teacher_temp if cfg.loss.sharpening else cfg.loss.student_temp)
-        attrs["epochs_run"] = cfg.train.epochs
+    nets = _networks(seen, cfg, run_dir, status)
+    if nets is not None and seen["run"] is None:
+        attrs["epochs_run"] = cfg.train.epochs   # resumed after the last epoch: read from the checkpoint
     if status == "ok" and last not in seen["knn"] and nets is not None:
         seen["knn"][last] = knn_of(nets[1].backbone, knn_cfg, bank, queries, device)[metric]
     knn = seen["knn"][max(seen["knn"])] if seen["knn"] else None
     attrs[metric] = knn
     if nets is not None:
-        student, teacher, center, tau_t = nets
-        try:
-            cm = collapse_metrics(student, teacher, queries,
-                                  center if cfg.loss.normalization == "centering" else 0.0,
-                                  cfg.loss.student_temp, tau_t, device)
-            attrs.update({k: cm[k] for k in COLLAPSE_ATTRS if k in cm})
-        except Exception as e:  # noqa: BLE001 - e.g. non-finite weights of a diverged run
-            attrs["collapse_error"] = f"{type(e).__name__}: {e}"
+        attrs.update(_collapse_attrs(cfg, nets, queries, device))
     if status == "ok" and attrs.get("collapsed"):
         status = "collapsed"
     attrs["status"] = status

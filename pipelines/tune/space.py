@@ -128,6 +128,27 @@ def _param_spec(e: Any, i: int, path: Path, base: dict, fixed: dict) -> ParamSpe
     unknown = sorted(set(e) - _ENTRY_KEYS)
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(_ENTRY_KEYS)}")
+    key, section, field = _searched_key(e, name, base, fixed, where)
+    kind = _kind_of(e, base[section][field], key, where)
+    log_ = e.get("log", False)
+    if not isinstance(log_, bool):
+        raise ValueError(f"{where}: log must be true/false, got {log_!r}")
+    if kind == "categorical":
+        spec = _categorical(e, name, key, log_, where)
+        values = list(spec.choices)
+    else:
+        spec = _numeric(e, name, key, kind, log_, base, where)
+        values = [spec.low, spec.high]
+    for v in values:   # every bound / choice must be a value params.yaml accepts
+        try:
+            Config.from_dict(merge(base, {section: {field: v}}), source=where)
+        except ValueError as err:
+            raise ValueError(f"{where}: value {v!r} is not allowed for {key}: {err}") from None
+    return spec
+
+
+def _searched_key(e: dict, name: str, base: dict, fixed: dict, where: str) -> tuple[str, str, str]:
+    """(key, section, field) of an entry: `key:` or found by name; a params.yaml key, not fixed."""
     key = e.get("key") or _find_key(name, base, where)
     parts = key.split(".") if isinstance(key, str) else []
     if len(parts) != 2 or not isinstance(base.get(parts[0]), dict) or parts[1] not in base[parts[0]]:
@@ -135,66 +156,66 @@ def _param_spec(e: Any, i: int, path: Path, base: dict, fixed: dict) -> ParamSpe
     section, field = parts
     if field in (fixed.get(section) or {}):
         raise ValueError(f"{where}: key {key} is both searched and set in `fixed:`")
-    current = base[section][field]
+    return key, section, field
+
+
+def _kind_of(e: dict, current: Any, key: str, where: str) -> str:
+    """`type:`, else int / float / categorical from the current value in params.yaml."""
+    is_int_key = isinstance(current, int) and not isinstance(current, bool)
     kind = e.get("type")
     if kind is None:
-        kind = "int" if isinstance(current, int) and not isinstance(current, bool) else \
-            "float" if isinstance(current, float) else "categorical"
+        kind = "int" if is_int_key else "float" if isinstance(current, float) else "categorical"
     if kind not in _TYPES:
         raise ValueError(f"{where}: type {kind!r} is not allowed; allowed: {list(_TYPES)}")
-    is_int_key = isinstance(current, int) and not isinstance(current, bool)
     if kind == "float" and is_int_key:
         raise ValueError(f"{where}: {key} is an integer in params.yaml: use type int (or categorical)")
     if kind in ("float", "int") and not (_num(current)):
         raise ValueError(f"{where}: {key} = {current!r} is not a number: use type categorical with choices")
-    log_ = e.get("log", False)
-    if not isinstance(log_, bool):
-        raise ValueError(f"{where}: log must be true/false, got {log_!r}")
-    if kind == "categorical":
-        choices = e.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise ValueError(f"{where}: categorical needs a non-empty list `choices:`, got {choices!r}")
-        if any(k in e for k in ("low", "high", "step")) or log_:
-            raise ValueError(f"{where}: low/high/step/log do not apply to a categorical entry")
-        spec = ParamSpec(name, key, kind, choices=tuple(choices))
-        values = list(choices)
-    else:
-        if "choices" in e:
-            raise ValueError(f"{where}: choices only apply to type categorical")
-        bounds = {}
-        for b in ("low", "high"):
-            if b not in e:
-                raise ValueError(f"{where}: missing `{b}:`")
-            v = e[b]
-            if isinstance(v, str) and v.startswith("="):
-                v = _expr(v[1:], base, f"{where}: {b}")
-                if kind == "int":
-                    v = int(round(v))
-            if not _num(v) or not math.isfinite(v):
-                raise ValueError(f"{where}: {b} = {e[b]!r} is not a finite number")
-            if kind == "int" and not float(v).is_integer():
-                raise ValueError(f"{where}: {b} = {e[b]!r} is not an integer (type int)")
-            bounds[b] = int(v) if kind == "int" else float(v)
-        low, high = bounds["low"], bounds["high"]
-        if low >= high:
-            what = "empty" if low == high else "inverted"
-            shown = {b: f"{bounds[b]}" + (f" (from {e[b]!r})" if isinstance(e[b], str) else "") for b in bounds}
-            raise ValueError(f"{where}: {what} range: low {shown['low']} >= high {shown['high']}")
-        if log_ and low <= 0:
-            raise ValueError(f"{where}: log scale needs low > 0, got low {low}")
-        step = e.get("step")
-        if step is not None:
-            if not _num(step) or step <= 0 or (kind == "int" and not float(step).is_integer()):
-                what = "integer" if kind == "int" else "number"
-                raise ValueError(f"{where}: step {step!r} must be a positive {what}")
-            if log_:
-                raise ValueError(f"{where}: step and log cannot be combined")
-            step = int(step) if kind == "int" else float(step)
-        spec = ParamSpec(name, key, kind, low, high, log_, step)
-        values = [low, high]
-    for v in values:   # every bound / choice must be a value params.yaml accepts
-        try:
-            Config.from_dict(merge(base, {section: {field: v}}), source=where)
-        except ValueError as err:
-            raise ValueError(f"{where}: value {v!r} is not allowed for {key}: {err}") from None
-    return spec
+    return kind
+
+
+def _categorical(e: dict, name: str, key: str, log_: bool, where: str) -> ParamSpec:
+    choices = e.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise ValueError(f"{where}: categorical needs a non-empty list `choices:`, got {choices!r}")
+    if any(k in e for k in ("low", "high", "step")) or log_:
+        raise ValueError(f"{where}: low/high/step/log do not apply to a categorical entry")
+    return ParamSpec(name, key, "categorical", choices=tuple(choices))
+
+
+def _numeric(e: dict, name: str, key: str, kind: str, log_: bool, base: dict, where: str) -> ParamSpec:
+    """An int / float range: low < high (numbers or `=expressions` of params.yaml), log, step."""
+    if "choices" in e:
+        raise ValueError(f"{where}: choices only apply to type categorical")
+    bounds = {b: _bound(e, b, kind, base, where) for b in ("low", "high")}
+    low, high = bounds["low"], bounds["high"]
+    if low >= high:
+        what = "empty" if low == high else "inverted"
+        shown = {b: f"{bounds[b]}" + (f" (from {e[b]!r})" if isinstance(e[b], str) else "") for b in bounds}
+        raise ValueError(f"{where}: {what} range: low {shown['low']} >= high {shown['high']}")
+    if log_ and low <= 0:
+        raise ValueError(f"{where}: log scale needs low > 0, got low {low}")
+    step = e.get("step")
+    if step is not None:
+        if not _num(step) or step <= 0 or (kind == "int" and not float(step).is_integer()):
+            what = "integer" if kind == "int" else "number"
+            raise ValueError(f"{where}: step {step!r} must be a positive {what}")
+        if log_:
+            raise ValueError(f"{where}: step and log cannot be combined")
+        step = int(step) if kind == "int" else float(step)
+    return ParamSpec(name, key, kind, low, high, log_, step)
+
+
+def _bound(e: dict, b: str, kind: str, base: dict, where: str) -> int | float:
+    if b not in e:
+        raise ValueError(f"{where}: missing `{b}:`")
+    v = e[b]
+    if isinstance(v, str) and v.startswith("="):
+        v = _expr(v[1:], base, f"{where}: {b}")
+        if kind == "int":
+            v = int(round(v))
+    if not _num(v) or not math.isfinite(v):
+        raise ValueError(f"{where}: {b} = {e[b]!r} is not a finite number")
+    if kind == "int" and not float(v).is_integer():
+        raise ValueError(f"{where}: {b} = {e[b]!r} is not an integer (type int)")
+    return int(v) if kind == "int" else float(v)
