@@ -2,9 +2,9 @@
 
 Cells are identified by the hash of their resolved training config; identical cells of several
 studies run once; finished cells (DONE) are reused, and re-evaluated when their evaluation is
-stale (the `eval` section or store.EVAL_VERSION changed); unfinished ones resume from their checkpoint. The
-cells go out through the submitit launcher (launch.yaml: local processes, SLURM job array or
-in-process); the launcher is not part of any cell's identity. Output: results/grid.csv.
+stale (the `eval` section or store.EVAL_VERSION changed); unfinished ones resume from their
+checkpoint. The cells go out through the submitit launcher (launch.yaml: local processes, SLURM
+job array or in-process); the launcher is not part of any cell's identity. Output: results/grid.csv.
 """
 from __future__ import annotations
 

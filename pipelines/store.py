@@ -1,4 +1,4 @@
-"""The run store: one directory per grid cell, named by the hash of its resolved config.
+"""The run store: one directory per grid cell, named by the hash of its resolved training config.
 
 runs/cells/<hash>/ holds config.yaml, log.jsonl, checkpoint.pth, metrics.json (training),
 DONE (the training summary, written last and atomically: a cell without DONE is unfinished, it

@@ -79,9 +79,10 @@ def _extra_lines(extras: dict) -> list[str]:
     base = extras.get("baselines") or {}
     if base:
         lines += ["", "## Reference points (k-NN top-1, k = 20; linear probe top-1)", ""]
-        lines += [f"- {k}: k-NN {fmt_num((v or {}).get('knn20_top1'))}"
-                  + (f", linear {fmt_num(v['linear_top1_best'])}" if (v or {}).get("linear_top1_best") is not None else "")
-                  for k, v in sorted(base.items())]
+        for k, v in sorted(base.items()):
+            v = v or {}
+            lin = v.get("linear_top1_best")
+            lines.append(f"- {k}: k-NN {fmt_num(v.get('knn20_top1'))}" + (f", linear {fmt_num(lin)}" if lin is not None else ""))
     return lines
 
 
