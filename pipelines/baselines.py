@@ -8,24 +8,23 @@ import torch
 
 from dino_core.config import Config
 from dino_core.evaluate.knn import knn_classify
-from dino_core.evaluate.linear import sweep_linear
 from dino_core.train import build_network, resolve_device
 
-from .cell import eval_loaders, knn_of, linear_of
+from .cell import eval_loaders, knn_of, linear_of, linear_probe
 
 
-def random_init_knn(cfg: Config) -> dict:
-    """k-NN and linear probe of the teacher backbone as initialised with cfg.train.seed (no training)."""
+def random_init(cfg: Config, linear: bool = True) -> dict:
+    """k-NN (and the linear probe) of the teacher backbone as initialised with cfg.train.seed."""
     torch.manual_seed(cfg.train.seed)
     net = build_network(cfg, False)
     train_loader, val_loader = eval_loaders(cfg)
     device = resolve_device(cfg.train.device)
-    return {**knn_of(net.backbone, cfg, train_loader, val_loader, device),
-            **linear_of(net.backbone, cfg, train_loader, val_loader, device)}
+    out = knn_of(net.backbone, cfg, train_loader, val_loader, device)
+    return {**out, **linear_of(net.backbone, cfg, train_loader, val_loader, device)} if linear else out
 
 
-def raw_pixel_knn(cfg: Config) -> dict:
-    """k-NN and linear probe on the normalised, eval-transformed pixels (flattened)."""
+def raw_pixels(cfg: Config, linear: bool = True) -> dict:
+    """k-NN (and the linear probe) on the normalised, eval-transformed pixels (flattened)."""
     train_loader, val_loader = eval_loaders(cfg)
 
     def flat(loader):
@@ -33,8 +32,4 @@ def raw_pixel_knn(cfg: Config) -> dict:
         return torch.cat(xs), torch.cat(ys)
     (ftr, ltr), (fva, lva) = flat(train_loader), flat(val_loader)
     out = knn_classify(ftr, ltr, fva, lva, ks=cfg.eval.knn_k, T=cfg.eval.knn_temp)
-    e = cfg.eval
-    if e.linear_epochs > 0:
-        out.update(sweep_linear(ftr, ltr, fva, lva, base_lrs=e.linear_lr, epochs=e.linear_epochs,
-                                batch_size=e.linear_batch_size, seed=cfg.train.seed))
-    return out
+    return {**out, **linear_probe(cfg, ftr, ltr, fva, lva)} if linear else out

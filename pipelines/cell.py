@@ -50,12 +50,6 @@ def eval_loaders(cfg: Config, with_masks: bool = False) -> tuple[DataLoader, Dat
     return DataLoader(train, **kw), DataLoader(val, **kw)
 
 
-def load_networks(cfg: Config, cell: Path) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
-    """Student and teacher (backbone + head) and the center from the cell's checkpoint."""
-    student, teacher, loss = load_trained(cfg, cell)
-    return student, teacher, loss.center
-
-
 def load_trained(cfg: Config, cell: Path) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
     """Student, teacher (backbone + head) and the DINO loss (center, queue) of the cell's checkpoint."""
     state = torch.load(cell / CHECKPOINT, map_location="cpu", weights_only=False)
@@ -72,16 +66,34 @@ def knn_of(backbone: torch.nn.Module, cfg: Config, train_loader, val_loader, dev
     return knn_classify(ftr, ltr, fva, lva, ks=cfg.eval.knn_k, T=cfg.eval.knn_temp)
 
 
+def linear_probe(cfg: Config, ftr: torch.Tensor, ltr: torch.Tensor, fva: torch.Tensor, lva: torch.Tensor,
+                 device: torch.device | str = "cpu") -> dict:
+    """The official linear probe (eval_linear.py) with cfg.eval's settings on cached features
+    (N, D) -> best of the lr sweep; {} when eval.linear_epochs is 0."""
+    e = cfg.eval
+    if e.linear_epochs == 0:
+        return {}
+    return sweep_linear(ftr, ltr, fva, lva, base_lrs=e.linear_lr, epochs=e.linear_epochs,
+                        batch_size=e.linear_batch_size, device=device, seed=cfg.train.seed)
+
+
 def linear_of(backbone: torch.nn.Module, cfg: Config, train_loader, val_loader, device) -> dict:
-    """The official linear probe (eval_linear.py) on cached frozen features, best of the lr sweep."""
+    """linear_probe on the frozen backbone's features (CLS of the last eval.n_last_blocks blocks)."""
     e = cfg.eval
     if e.linear_epochs == 0:
         return {}
     kw = dict(n_last_blocks=e.n_last_blocks, avgpool=e.avgpool_patchtokens, device=device)
     ftr, ltr = extract_features(backbone, train_loader, **kw)
     fva, lva = extract_features(backbone, val_loader, **kw)
-    return sweep_linear(ftr, ltr, fva, lva, base_lrs=e.linear_lr, epochs=e.linear_epochs,
-                        batch_size=e.linear_batch_size, device=device, seed=cfg.train.seed)
+    return linear_probe(cfg, ftr, ltr, fva, lva, device)
+
+
+def run_targets_collapse(student: torch.nn.Module, teacher: torch.nn.Module, loss: torch.nn.Module, epoch: int,
+                         loader: DataLoader, device: torch.device | str) -> dict:
+    """collapse_metrics with the run's own teacher targets at `epoch` (DINOLoss.teacher_probs: its
+    normalisation, center or not, Sinkhorn-Knopp per batch, its tau_t)."""
+    return collapse_metrics(student, teacher, loader, 0.0, loss.student_temp, float(loss.teacher_temps[epoch]),
+                            device, targets=lambda t: loss.to(t.device).teacher_probs(t, epoch))
 
 
 def evaluate_cell(cfg: Config, cell: Path) -> dict:
@@ -97,10 +109,7 @@ def evaluate_cell(cfg: Config, cell: Path) -> dict:
     student, teacher, loss = load_trained(cfg, cell)
     out = {"eval_key": eval_key(cfg), **knn_of(teacher.backbone, cfg, train_loader, val_loader, device)}
     out.update(linear_of(teacher.backbone, cfg, train_loader, val_loader, device))
-    last = cfg.train.epochs - 1
-    out.update(collapse_metrics(student, teacher, val_loader, 0.0, cfg.loss.student_temp,
-                                float(loss.teacher_temps[last]), device,
-                                targets=lambda t: loss.to(t.device).teacher_probs(t, last)))
+    out.update(run_targets_collapse(student, teacher, loss, cfg.train.epochs - 1, val_loader, device))
     if has_masks:
         out.update(attention_jaccard(teacher.backbone, val_loader, cfg.eval.attn_threshold, device))
     atomic_write_json(cell / "eval.json", out)

@@ -26,8 +26,8 @@ from dino_core.data.registry import NORMALIZATION, build_dataset, eval_transform
 from dino_core.evaluate.attention import attention_jaccard, save_attention_overlays
 from dino_core.train import build_network
 
-from .baselines import random_init_knn, raw_pixel_knn
-from .cell import load_networks
+from .baselines import random_init, raw_pixels
+from .cell import load_trained
 from .grid import plan
 from .params import ROOT, grid_cells, load_all, resolve_profile
 from .store import cell_dir, cell_summary, is_done, needs_eval, read_history
@@ -68,7 +68,7 @@ def default_config(params: dict) -> Config:
 def attention_of_default(cfg: Config, cell: Path, out: Path) -> dict:
     """Overlays of a few val images and the Jaccard (%) of the 60%-mass masks (datasets with masks),
     beside the same architecture's at random init."""
-    _, teacher, _ = load_networks(cfg, cell)
+    _, teacher, _ = load_trained(cfg, cell)
     tf = eval_transform(cfg.data.dataset, cfg.data.image_size)
     has_masks = spec(cfg.data.dataset).has_masks
     val = build_dataset(cfg.data.dataset, cfg.data.root, "val", tf, with_masks=has_masks,
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     default_cell = cell_dir(store, cfg)
     if not is_done(default_cell):
         raise SystemExit(f"the default cell {default_cell} has not finished: run the pretrain stage first")
-    atomic_write_json(results / "baselines.json", {"random_init": random_init_knn(cfg), "raw_pixels": raw_pixel_knn(cfg)})
+    atomic_write_json(results / "baselines.json", {"random_init": random_init(cfg), "raw_pixels": raw_pixels(cfg)})
     shutil.rmtree(results / "attention", ignore_errors=True)
     att = attention_of_default(cfg, default_cell, results / "attention")
     atomic_write_json(results / "attention" / "attention.json", att)

@@ -16,7 +16,7 @@ import yaml
 from dino_core.checkpoint import atomic_write_text
 from dino_core.config import Config, merge
 
-from .baselines import random_init_knn, raw_pixel_knn
+from .baselines import random_init, raw_pixels
 from .cell import run_cell
 from .params import ROOT, apply_diff, load_all, resolve_profile
 from .store import cell_dir
@@ -37,7 +37,7 @@ def run_sweep(base: dict, variants: list[dict], store: Path, out: Path) -> pd.Da
         summary = run_cell(str(cell_dir(store, cfg)), params)
         log_path = cell_dir(store, cfg) / "log.jsonl"
         last = pd.read_json(log_path, lines=True).iloc[-1] if log_path.is_file() else {}
-        rnd = random_init_knn(cfg)["knn20_top1"]
+        rnd = random_init(cfg, linear=False)["knn20_top1"]
         row = {"variant": v["name"], "diff": yaml.safe_dump(v.get("diff") or {}, default_flow_style=True).strip(),
                "dataset": cfg.data.dataset, "epochs": cfg.train.epochs,
                "final_loss_over_lnK": float(last.get("loss", math.nan)) / math.log(cfg.head.out_dim),
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = yaml.safe_load(Path(args.sweep).read_text())
     base = merge(resolve_profile(params), spec.get("base") or {}, "sweep base")
     if args.raw_pixels:
-        log.info("raw-pixel k-NN: %s", raw_pixel_knn(Config.from_dict(base)))
+        log.info("raw-pixel k-NN: %s", raw_pixels(Config.from_dict(base), linear=False))
     run_sweep(base, spec["variants"], ROOT / params["grid"]["store"], Path(args.out))
 
 

@@ -16,10 +16,9 @@ from torch.utils.data import DataLoader, Subset
 from dino_core.checkpoint import CHECKPOINT
 from dino_core.config import Config
 from dino_core.data.registry import NORMALIZATION, build_dataset, eval_transform
-from dino_core.evaluate.collapse import collapse_metrics
 from dino_core.train import resolve_device, train
 
-from ..cell import eval_loaders, knn_of, load_networks, pretrain_dataset
+from ..cell import eval_loaders, knn_of, load_trained, pretrain_dataset, run_targets_collapse
 from .plan import Plan
 from .settings import COLLAPSE_ATTRS, LOW_VALUE
 
@@ -49,24 +48,21 @@ def _clean(v: Any) -> Any:
 
 
 def _networks(seen: dict, cfg: Config, run_dir: Path, status: str) -> tuple | None:
-    """(student, teacher, center, tau_t) for the collapse metrics: the live run, or (a trial
+    """(student, teacher, loss, epoch) for the collapse metrics: the live run, or (a trial
     resumed after its last epoch) the checkpoint; None without either."""
     last = cfg.train.epochs - 1
     if seen["run"] is not None:
         r = seen["run"]
-        return r.student_mod, r.teacher_net, r.loss.center, float(r.loss.teacher_temps[min(seen["epoch"], last)])
+        return r.student_mod, r.teacher_net, r.loss, min(seen["epoch"], last)
     if status == "ok" and (run_dir / CHECKPOINT).is_file():
-        st, te, center = load_networks(cfg, run_dir)
-        return st, te, center, cfg.loss.teacher_temp if cfg.loss.sharpening else cfg.loss.student_temp
+        return (*load_trained(cfg, run_dir), last)
     return None
 
 
-def _collapse_attrs(cfg: Config, nets: tuple, queries, device) -> dict:
-    """COLLAPSE_ATTRS of the trial's networks on the k-NN queries (the center only under centering)."""
-    student, teacher, center, tau_t = nets
+def _collapse_attrs(nets: tuple, queries, device) -> dict:
+    """COLLAPSE_ATTRS of the trial's networks on the k-NN queries, with the run's own targets."""
     try:
-        cm = collapse_metrics(student, teacher, queries, center if cfg.loss.normalization == "centering" else 0.0,
-                              cfg.loss.student_temp, tau_t, device)
+        cm = run_targets_collapse(*nets, queries, device)
     except Exception as e:  # noqa: BLE001 - e.g. non-finite weights of a diverged run
         return {"collapse_error": f"{type(e).__name__}: {e}"}
     return {k: cm[k] for k in COLLAPSE_ATTRS if k in cm}
@@ -115,7 +111,7 @@ def objective(trial: optuna.Trial, plan: Plan, worker: int, fresh: bool) -> floa
     knn = seen["knn"][max(seen["knn"])] if seen["knn"] else None
     attrs[metric] = knn
     if nets is not None:
-        attrs.update(_collapse_attrs(cfg, nets, queries, device))
+        attrs.update(_collapse_attrs(nets, queries, device))
     if status == "ok" and attrs.get("collapsed"):
         status = "collapsed"
     attrs["status"] = status
