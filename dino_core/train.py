@@ -6,7 +6,6 @@ Schedules (lr, wd, momentum) are per-step arrays; tau_t is per epoch.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from . import distributed as D
 from .checkpoint import atomic_write_json, load_checkpoint, save_checkpoint, truncate_log
 from .config import Config, save_config
+from .device import autocast, resolve_device, resolve_precision
 from .head import DINOHead, MultiCropWrapper
 from .loss import DINOLoss
 from .multicrop import MultiCropAugmentation, MultiCropDataset, n_crops
@@ -49,32 +49,6 @@ def build_loss(cfg: Config) -> DINOLoss:
                                   cfg.train.epochs)
     return DINOLoss(cfg.head.out_dim, n_crops(cfg.crops), temps, lc.student_temp, lc.kind, lc.normalization,
                     lc.sharpening, lc.center_momentum, lc.sk_iters, lc.queue_size, lc.infonce_temp)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 on GPUs that support it (else fp16); on CPU bf16 only with native bf16 matmul
-    (AMX / AVX512-BF16): elsewhere the bf16 CPU matmul is ~50x slower than fp32 (README, perf)."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 @dataclass

@@ -8,9 +8,10 @@ import torch
 
 from dino_core.config import Config
 from dino_core.evaluate.knn import knn_classify
-from dino_core.train import build_network, resolve_device
+from dino_core.device import resolve_device
+from dino_core.train import build_network
 
-from .cell import eval_loaders, knn_of, linear_of, linear_probe
+from .cell import eval_loaders, knn_of, linear_probe
 
 
 def random_init(cfg: Config, linear: bool = True) -> dict:
@@ -19,8 +20,7 @@ def random_init(cfg: Config, linear: bool = True) -> dict:
     net = build_network(cfg, False)
     train_loader, val_loader = eval_loaders(cfg)
     device = resolve_device(cfg.train.device)
-    out = knn_of(net.backbone, cfg, train_loader, val_loader, device)
-    return {**out, **linear_of(net.backbone, cfg, train_loader, val_loader, device)} if linear else out
+    return knn_of(net.backbone, cfg, train_loader, val_loader, device, linear=linear)
 
 
 def raw_pixels(cfg: Config, linear: bool = True) -> dict:

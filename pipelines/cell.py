@@ -18,14 +18,15 @@ from torch.utils.data import DataLoader
 
 from dino_core.checkpoint import CHECKPOINT, atomic_write_json
 from dino_core.config import Config
+from dino_core.device import resolve_device
 from dino_core.distributed import is_main
 from dino_core.data.registry import NORMALIZATION, build_dataset, eval_transform, spec
 from dino_core.evaluate.attention import attention_jaccard
 from dino_core.evaluate.collapse import collapse_metrics
-from dino_core.evaluate.features import extract_features
+from dino_core.evaluate.features import knn_and_linear_features
 from dino_core.evaluate.knn import knn_classify
 from dino_core.evaluate.linear import sweep_linear
-from dino_core.train import build_loss, build_network, resolve_device, train
+from dino_core.train import build_loss, build_network, train
 
 from .store import cell_summary, eval_key, is_done, mark_done, needs_eval
 
@@ -60,10 +61,16 @@ def load_trained(cfg: Config, cell: Path) -> tuple[torch.nn.Module, torch.nn.Mod
     return student, teacher, loss
 
 
-def knn_of(backbone: torch.nn.Module, cfg: Config, train_loader, val_loader, device) -> dict:
-    ftr, ltr = extract_features(backbone, train_loader, device=device)
-    fva, lva = extract_features(backbone, val_loader, device=device)
-    return knn_classify(ftr, ltr, fva, lva, ks=cfg.eval.knn_k, T=cfg.eval.knn_temp)
+def knn_of(backbone: torch.nn.Module, cfg: Config, train_loader, val_loader, device, linear: bool = False) -> dict:
+    """Weighted k-NN (eval.knn_k, eval.knn_temp) of the frozen backbone, and with ``linear`` the
+    linear probe (linear_probe) on the same pass's last-n-blocks features."""
+    e = cfg.eval
+    linear = linear and e.linear_epochs > 0
+    n, pool = (e.n_last_blocks, e.avgpool_patchtokens) if linear else (1, False)
+    ktr, ftr, ltr = knn_and_linear_features(backbone, train_loader, n, pool, device=device)
+    kva, fva, lva = knn_and_linear_features(backbone, val_loader, n, pool, device=device)
+    out = knn_classify(ktr, ltr, kva, lva, ks=e.knn_k, T=e.knn_temp)
+    return {**out, **linear_probe(cfg, ftr, ltr, fva, lva, device)} if linear else out
 
 
 def linear_probe(cfg: Config, ftr: torch.Tensor, ltr: torch.Tensor, fva: torch.Tensor, lva: torch.Tensor,
@@ -75,17 +82,6 @@ def linear_probe(cfg: Config, ftr: torch.Tensor, ltr: torch.Tensor, fva: torch.T
         return {}
     return sweep_linear(ftr, ltr, fva, lva, base_lrs=e.linear_lr, epochs=e.linear_epochs,
                         batch_size=e.linear_batch_size, device=device, seed=cfg.train.seed)
-
-
-def linear_of(backbone: torch.nn.Module, cfg: Config, train_loader, val_loader, device) -> dict:
-    """linear_probe on the frozen backbone's features (CLS of the last eval.n_last_blocks blocks)."""
-    e = cfg.eval
-    if e.linear_epochs == 0:
-        return {}
-    kw = dict(n_last_blocks=e.n_last_blocks, avgpool=e.avgpool_patchtokens, device=device)
-    ftr, ltr = extract_features(backbone, train_loader, **kw)
-    fva, lva = extract_features(backbone, val_loader, **kw)
-    return linear_probe(cfg, ftr, ltr, fva, lva, device)
 
 
 def run_targets_collapse(student: torch.nn.Module, teacher: torch.nn.Module, loss: torch.nn.Module, epoch: int,
@@ -107,8 +103,7 @@ def evaluate_cell(cfg: Config, cell: Path) -> dict:
     has_masks = spec(cfg.data.dataset).has_masks
     train_loader, val_loader = eval_loaders(cfg, with_masks=has_masks)
     student, teacher, loss = load_trained(cfg, cell)
-    out = {"eval_key": eval_key(cfg), **knn_of(teacher.backbone, cfg, train_loader, val_loader, device)}
-    out.update(linear_of(teacher.backbone, cfg, train_loader, val_loader, device))
+    out = {"eval_key": eval_key(cfg), **knn_of(teacher.backbone, cfg, train_loader, val_loader, device, linear=True)}
     out.update(run_targets_collapse(student, teacher, loss, cfg.train.epochs - 1, val_loader, device))
     if has_masks:
         out.update(attention_jaccard(teacher.backbone, val_loader, cfg.eval.attn_threshold, device))

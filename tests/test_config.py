@@ -9,6 +9,7 @@ import pytest
 from helpers import CORE_SECTIONS, PARAMS, tiny_config
 
 from dino_core.config import Config, load_params, merge
+from pipelines.params import apply_profile, grid_cells, load_all, load_study
 
 
 def core_params() -> dict:
@@ -193,3 +194,14 @@ def test_needs_eval_and_cell_summary(tmp_path):
                                         "eval_key": store.eval_key(cfg), "knn20_top1": 61.5}
     store.mark_done(cell, {"cell": "c", "status": "diverged", "ln_k": 1.0, "wall_time_s": 2.0})
     assert not store.needs_eval(cell, cfg.replace("eval", knn_temp=0.2))   # nothing to evaluate
+
+
+@pytest.mark.parametrize("profile", ["default", "shapes", "tiny", "paper"])
+def test_every_profile_resolves_every_study_cell(profile):
+    """`dvc exp run -S profile=<p>` must not stop at a study row: every row's diff (K/64 included)
+    gives a valid config under every profile (the tiny profile's K = 64 once made K/64 = 1)."""
+    params = load_all(PARAMS)
+    params["profile"] = profile
+    grid = apply_profile(params)["grid"]
+    cells = grid_cells(params)   # validates every cell's config (raises on the first bad one)
+    assert len(cells) == sum(len(load_study(s)["rows"]) for s in grid["studies"]) * len(grid["seeds"])

@@ -12,9 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from dino_core.config import EvalConfig
 from dino_core.evaluate import (attention_jaccard, backbone_state_dict, collapse_metrics, collapse_verdict,
                                 effective_rank, entropy, evaluate_checkpoint, extract_features, feature_metrics,
-                                feature_std, head_metrics, infer_arch, jaccard, kl_divergence, knn_chunk_size,
-                                sweep_linear,
-                                knn_classify, knn_memory_bytes, knn_predict, load_backbone, mass_mask,
+                                feature_std, head_metrics, infer_arch, jaccard, kl_divergence,
+                                knn_and_linear_features, knn_chunk_size, sweep_linear, knn_classify, knn_memory_bytes, knn_predict, load_backbone, mass_mask,
                                 rank_classes, save_attention_overlays, train_linear, upsample_mask)
 from dino_core.head import DINOHead, MultiCropWrapper
 from dino_core.vit import build_vit
@@ -238,6 +237,10 @@ def test_extract_features_cls_and_linear_layout(tmp_path):
     inter = model.get_intermediate_layers(x, 2)
     ref = torch.cat([inter[0][:, 0], inter[1][:, 0], inter[1][:, 1:].mean(1)], dim=1)
     assert f2.shape == (5, 48) and torch.allclose(f2, ref, atol=1e-5)
+    for n, pool in ((1, False), (1, True), (2, False), (2, True)):   # one pass for both protocols: same values
+        k, lin, lab2 = knn_and_linear_features(model, loader, n, pool)
+        assert torch.equal(k, f) and torch.equal(lab2, y) and lin.shape == (5, 16 * (n + pool))
+    assert torch.equal(knn_and_linear_features(model, loader, 2, True)[1], f2)
     fb, _ = extract_features(model, loader, precision="bf16")
     assert fb.dtype == torch.float32 and torch.allclose(fb, f, atol=0.1)
     assert extract_features(model, DataLoader(TensorDataset(x), batch_size=2))[1] is None

@@ -7,14 +7,15 @@ from .attention import attention_jaccard, cls_attention, jaccard, mass_mask, sav
 from .checkpoint import backbone_state_dict, evaluate_checkpoint, infer_arch, load_backbone, write_json_atomic
 from .collapse import (collapse_metrics, collapse_verdict, effective_rank, entropy, feature_metrics, feature_std,
                        head_metrics, kl_divergence, teacher_probs)
-from .features import backbone_features, extract_features, split_batch
+from .features import backbone_features, extract_features, knn_and_linear_features, split_batch
 from .knn import knn_chunk_size, knn_classify, knn_memory_bytes, knn_predict, rank_classes
 from .linear import sweep_linear, train_linear
 
 __all__ = [
     "attention_jaccard", "backbone_features", "backbone_state_dict", "cls_attention", "collapse_metrics",
     "collapse_verdict", "effective_rank", "entropy", "evaluate_checkpoint", "extract_features", "feature_metrics",
-    "feature_std", "head_metrics", "infer_arch", "jaccard", "kl_divergence", "knn_chunk_size", "knn_classify",
+    "feature_std", "head_metrics", "infer_arch", "jaccard", "kl_divergence", "knn_and_linear_features",
+    "knn_chunk_size", "knn_classify",
     "knn_memory_bytes", "knn_predict", "load_backbone", "mass_mask", "rank_classes", "save_attention_overlays",
     "split_batch", "sweep_linear", "teacher_probs", "train_linear", "upsample_mask", "write_json_atomic",
 ]

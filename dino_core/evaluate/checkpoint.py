@@ -28,7 +28,7 @@ from ..config import EvalConfig
 from ..vit import ARCHS, VisionTransformer, build_vit
 from .attention import attention_jaccard
 from .collapse import collapse_verdict, feature_metrics
-from .features import extract_features
+from .features import knn_and_linear_features
 from .knn import knn_classify
 from .linear import sweep_linear
 
@@ -141,9 +141,10 @@ def evaluate_checkpoint(ckpt_path: str | Path, train_loader: Any, val_loader: An
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_backbone(ckpt_path, arch, patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                           checkpoint_key=checkpoint_key)
+    n, pool = (cfg.n_last_blocks, cfg.avgpool_patchtokens) if cfg.linear_epochs > 0 else (1, False)
     ex = {"precision": precision, "device": device}
-    tr_f, tr_y = extract_features(model, train_loader, **ex)
-    va_f, va_y = extract_features(model, val_loader, **ex)
+    tr_f, tr_lin, tr_y = knn_and_linear_features(model, train_loader, n, pool, **ex)
+    va_f, va_lin, va_y = knn_and_linear_features(model, val_loader, n, pool, **ex)
     for name, y in (("train", tr_y), ("val", va_y)):
         if y is None or bool((y < 0).any()):
             raise ValueError(f"k-NN needs labels, but the {name} dataset yields unlabelled items "
@@ -154,11 +155,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, train_loader: Any, val_loader: An
     m.update(feature_metrics(va_f))
     m["collapsed"], m["collapse_reason"] = collapse_verdict(m)
     if cfg.linear_epochs > 0:
-        if (cfg.n_last_blocks, cfg.avgpool_patchtokens) != (1, False):
-            ex.update(n_last_blocks=cfg.n_last_blocks, avgpool=cfg.avgpool_patchtokens)
-            tr_f, _ = extract_features(model, train_loader, **ex)
-            va_f, _ = extract_features(model, val_loader, **ex)
-        m.update(sweep_linear(tr_f, tr_y, va_f, va_y, epochs=cfg.linear_epochs, base_lrs=cfg.linear_lr,
+        m.update(sweep_linear(tr_lin, tr_y, va_lin, va_y, epochs=cfg.linear_epochs, base_lrs=cfg.linear_lr,
                               batch_size=cfg.linear_batch_size, device=device))
     if mask_loader is not None:
         m.update(attention_jaccard(model, mask_loader, cfg.attn_threshold, device))

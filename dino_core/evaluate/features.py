@@ -119,3 +119,16 @@ def extract_features(model: nn.Module, loader: DataLoader, *, n_last_blocks: int
         f_all, y_all = _gather(f_all, idx_all, n), _gather(y_all, idx_all, n)
     log.info("extracted %d features of dim %d", f_all.shape[0], f_all.shape[1])
     return f_all.cpu(), (y_all.cpu() if has_labels else None)
+
+
+def knn_and_linear_features(model: nn.Module, loader: DataLoader, n_last_blocks: int = 1, avgpool: bool = False,
+                            **kw: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One pass for both protocols -> (k-NN feats (N, D), linear feats (N, D * (n + avgpool)), labels).
+
+    The k-NN feature norm(z_L)[CLS] is the block-L slice of the linear layout (columns
+    [(n-1) D, n D)): the same computation in eval mode, so the values are identical to
+    ``extract_features(model, loader)`` and the backbone runs once instead of twice.
+    """
+    f, y = extract_features(model, loader, n_last_blocks=n_last_blocks, avgpool=avgpool, **kw)
+    d = f.shape[1] // (n_last_blocks + int(avgpool))
+    return f[:, (n_last_blocks - 1) * d: n_last_blocks * d].contiguous(), f, y

@@ -12,7 +12,7 @@ import torch
 
 from dino_core.checkpoint import atomic_write_json
 from dino_core.config import Config
-from dino_core.train import resolve_device
+from dino_core.device import resolve_device
 from .configs import CONFIGS, REPO, build_config
 from .data import bench_data
 from .environment import environment, loadavg

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from dino_core.train import resolve_device
+from dino_core.device import resolve_device
 from .environment import loadavg
 from .measuring import PeakMemory, _sync
 

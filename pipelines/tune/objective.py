@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, Subset
 from dino_core.checkpoint import CHECKPOINT
 from dino_core.config import Config
 from dino_core.data.registry import NORMALIZATION, build_dataset, eval_transform
-from dino_core.train import resolve_device, train
+from dino_core.device import resolve_device
+from dino_core.train import train
 
 from ..cell import eval_loaders, knn_of, load_trained, pretrain_dataset, run_targets_collapse
 from .plan import Plan
