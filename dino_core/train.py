@@ -82,7 +82,8 @@ def setup(cfg: Config, dataset: Dataset, mean, std) -> Run:
     teacher = Teacher(teacher_net, student_mod, cfg.teacher.variant)
     student = student_mod
     if torch.distributed.is_initialized():
-        student = nn.parallel.DistributedDataParallel(student_mod, device_ids=[device.index] if device.type == "cuda" else None)
+        ids = [device.index] if device.type == "cuda" else None
+        student = nn.parallel.DistributedDataParallel(student_mod, device_ids=ids)
     data = MultiCropDataset(dataset, MultiCropAugmentation(cfg.crops, mean, std), cfg.train.seed)
     # One sampler for every world size: rank r of W takes perm[r::W], so W processes with batch B
     # see exactly the samples one process with batch W*B sees (DDP equivalence).

@@ -39,8 +39,8 @@ def _limit(n: int) -> int | None:
 
 def pretrain_dataset(cfg: Config):
     d = cfg.data
-    return build_dataset(d.dataset, d.root, spec(d.dataset).pretrain_split, None, download=d.download, skip_corrupt=d.skip_corrupt,
-                         limit=_limit(d.num_train))
+    return build_dataset(d.dataset, d.root, spec(d.dataset).pretrain_split, None, download=d.download,
+                         skip_corrupt=d.skip_corrupt, limit=_limit(d.num_train))
 
 
 def eval_loaders(cfg: Config, with_masks: bool = False) -> tuple[DataLoader, DataLoader]:

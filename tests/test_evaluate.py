@@ -13,8 +13,9 @@ from dino_core.config import EvalConfig
 from dino_core.evaluate import (attention_jaccard, backbone_state_dict, collapse_metrics, collapse_verdict,
                                 effective_rank, entropy, evaluate_checkpoint, extract_features, feature_metrics,
                                 feature_std, head_metrics, infer_arch, jaccard, kl_divergence,
-                                knn_and_linear_features, knn_chunk_size, sweep_linear, knn_classify, knn_memory_bytes, knn_predict, load_backbone, mass_mask,
-                                rank_classes, save_attention_overlays, train_linear, upsample_mask)
+                                knn_and_linear_features, knn_chunk_size, knn_classify, knn_memory_bytes,
+                                knn_predict, load_backbone, mass_mask, rank_classes, save_attention_overlays,
+                                sweep_linear, train_linear, upsample_mask)
 from dino_core.head import DINOHead, MultiCropWrapper
 from dino_core.vit import build_vit
 

@@ -131,16 +131,8 @@ def _run_pool(fn, args_list, cfg, folder, name, poll, stale, checkpointable, all
         start_some()
         while True:
             now = time.time()
-            active = [c for c in cells if c.job is not None and not c.finished]
-            for c in active:   # 1) results on disk
-                if _has_results(c.job, all_tasks):
-                    c.outcome, c.finished, c.done_at = _collect(c, all_tasks), True, time.time()
-            active = [c for c in active if not c.finished]
-            if active and kind == "slurm":   # 2) jobs that died without a result
-                squeue_failing_since = _check_slurm(active, now, stale, all_tasks, squeue_failing_since)
-            elif active and kind == "local":
-                _check_local(active, now, stale, all_tasks)
-            if max_wait_s is not None and now - t0 > max_wait_s:   # 3) overall bound
+            squeue_failing_since = _poll(cells, kind, now, stale, all_tasks, squeue_failing_since)
+            if max_wait_s is not None and now - t0 > max_wait_s:   # the overall bound
                 _give_up(cells, max_wait_s, kind)
             done = sum(c.finished for c in cells)
             running = sum(1 for c in cells if c.job is not None and not c.finished)
@@ -158,6 +150,22 @@ def _run_pool(fn, args_list, cfg, folder, name, poll, stale, checkpointable, all
         _cancel([c.job for c in cells if c.job is not None and not c.finished], kind)
         raise
     return [c.outcome for c in cells]
+
+
+def _poll(cells: list, kind: str, now: float, stale: float, all_tasks: bool,
+          failing_since: tp.Optional[float]) -> tp.Optional[float]:
+    """One poll: 1) collect the results on disk, 2) fail the jobs that died without one.
+    Returns when squeue started failing (slurm; see _check_slurm)."""
+    active = [c for c in cells if c.job is not None and not c.finished]
+    for c in active:
+        if _has_results(c.job, all_tasks):
+            c.outcome, c.finished, c.done_at = _collect(c, all_tasks), True, time.time()
+    active = [c for c in active if not c.finished]
+    if active and kind == "slurm":
+        return _check_slurm(active, now, stale, all_tasks, failing_since)
+    if active and kind == "local":
+        _check_local(active, now, stale, all_tasks)
+    return failing_since
 
 
 def _check_slurm(active: list, now: float, stale: float, all_tasks: bool,
