@@ -7,9 +7,11 @@ import math
 
 import pytest
 import torch
+from helpers import PARAMS, tiny_config
 from torch.utils.data import DataLoader, TensorDataset
 
-from dino_core.config import EvalConfig
+from dino_core.config import Config, EvalConfig
+from dino_core.data.shapes import prepare_shapes
 from dino_core.evaluate import (attention_jaccard, backbone_state_dict, collapse_metrics, collapse_verdict,
                                 effective_rank, entropy, evaluate_checkpoint, extract_features, feature_metrics,
                                 feature_std, head_metrics, infer_arch, jaccard, kl_divergence,
@@ -17,7 +19,11 @@ from dino_core.evaluate import (attention_jaccard, backbone_state_dict, collapse
                                 knn_predict, load_backbone, mass_mask, rank_classes, save_attention_overlays,
                                 sweep_linear, train_linear, upsample_mask)
 from dino_core.head import DINOHead, MultiCropWrapper
+from dino_core.train import build_network
 from dino_core.vit import build_vit
+from pipelines.cell import eval_loaders, knn_of
+from pipelines.eval_checkpoint import main as eval_checkpoint_main
+from pipelines.pretrain import build_params
 
 torch.set_num_threads(2)
 T = 0.07
@@ -330,3 +336,42 @@ def test_evaluate_checkpoint_vits_end_to_end(vits_files, tmp_path):
                             eval_cfg(), **tiny)
     with pytest.raises(ValueError, match="with_masks=True"):
         evaluate_checkpoint(tmp_path / "tiny.pth", train, val, eval_cfg(), mask_loader=val, **tiny)
+
+
+# ------------------------------------------------------------------------- the command-line entry point
+def test_eval_checkpoint_cli_ours_and_official(vits_files, tmp_path, caplog):
+    """python -m pipelines.eval_checkpoint: our training checkpoint (architecture from its own
+    config) and an official bare ViT-S/16 file (architecture from the weights) on a real shapes
+    folder, one metrics JSON each; bad files and keys stop with a message that names them."""
+    prepare_shapes(tmp_path / "shapes", num_train=64, num_val=32, image_size=16)
+    cfg = tiny_config(model={"num_heads": 4})          # params.yaml's tiny profile says 2 heads
+    torch.manual_seed(0)
+    teacher, student = build_network(cfg, False), build_network(cfg, True)
+    torch.save({"teacher": teacher.state_dict(), "student": student.state_dict(), "args": cfg.to_dict()},
+               tmp_path / "ours.pth")
+    common = ["--params", str(PARAMS), "--set", "profile=tiny", "--set", f"data.root={tmp_path / 'shapes'}",
+              "--set", "eval.linear_epochs=2", "--set", "eval.linear_lr=[0.1]"]
+    out = tmp_path / "out" / "ours.json"
+    assert eval_checkpoint_main([str(tmp_path / "ours.pth"), "--out", str(out), "--key", "student", *common]) == 0
+    m = json.loads(out.read_text())
+    assert (m["arch"], m["num_heads"], m["checkpoint_key"], m["n_train"], m["n_val"]) == \
+        ("vit_custom", 4, "student", 64, 32)
+    assert 0 <= m["knn5_top1"] <= 100 and "linear_top1_best" in m and len(m["jaccard_per_head"]) == 4
+    assert m["config"]["data"]["root"] == str(tmp_path / "shapes") and m["config"]["eval"]["linear_epochs"] == 2
+    assert [p.name for p in out.parent.iterdir()] == ["ours.json"]                # nothing half-written
+    # The same weights through the grid's own evaluation path: the same k-NN.
+    params = build_params(PARAMS, common[2:][1::2])
+    loaders = eval_loaders(Config.from_dict(params))
+    assert knn_of(student.backbone, Config.from_dict(params), *loaders, "cpu")["knn5_top1"] == m["knn5_top1"]
+    off = tmp_path / "vits.json"
+    assert eval_checkpoint_main([str(vits_files[0] / "dino_deitsmall16_pretrain.pth"), "--out", str(off), *common]) == 0
+    official = json.loads(off.read_text())
+    assert (official["arch"], official["num_heads"], official["n_train"]) == ("vit_small", 6, 64)
+    for argv, message in (([str(tmp_path / "nope.pth")], "checkpoint not found"),
+                          ([str(tmp_path / "ours.pth"), "--key", "ema"], "checkpoint_key 'ema' not found")):
+        caplog.clear()
+        assert eval_checkpoint_main([*argv, "--out", str(tmp_path / "bad.json"), *common]) == 1
+        assert message in caplog.text
+    with pytest.raises(SystemExit):   # a bad parameter stops before any file is read
+        eval_checkpoint_main([str(tmp_path / "ours.pth"), "--out", str(tmp_path / "bad.json"), *common, "--set", "model.arch=x"])
+    assert not (tmp_path / "bad.json").exists()

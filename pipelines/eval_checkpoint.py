@@ -1,0 +1,97 @@
+"""Evaluate any DINO checkpoint (ours or an official release) on a dataset: one metrics JSON.
+
+    python -m pipelines.eval_checkpoint dino_deitsmall16_pretrain.pth --out eval/vits16.json \\
+        --set data.dataset=imagefolder --set data.root=/datasets/imagenet --set data.image_size=224
+    python -m pipelines.eval_checkpoint runs/single/try1/checkpoint.pth --key student --out s.json
+
+The file is a bare backbone state dict (official ``*_pretrain.pth``) or a training checkpoint with
+``teacher`` / ``student`` entries (official ``checkpoint.pth`` or ours; ``--key`` picks one,
+teacher by default). The architecture is read from the weights (embed_dim, depth, patch size; the
+head count of vit_tiny/small/base from Table 1), for other sizes from the checkpoint's own config
+(ours) or else from params.yaml's ``model.num_heads``. Dataset, image size, val size and every
+evaluation setting (k-NN k and T, linear probe, attention threshold) come from params.yaml with
+its profile and the ``--set section.key=value`` overrides, as for ``pipelines.pretrain``.
+
+Written atomically: k-NN top-1/top-5 per k, the linear probe (if ``eval.linear_epochs`` > 0),
+backbone collapse statistics, attention-mask Jaccard (datasets with masks), the checkpoint, the
+architecture and the resolved data/eval sections it was computed with.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .params import ROOT
+from .pretrain import build_params
+
+log = logging.getLogger(__name__)
+
+
+def architecture(path: Path, key: str | None, num_heads: int) -> dict:
+    """arch, patch_size, embed_dim, depth, num_heads of the backbone in the checkpoint at ``path``."""
+    import torch
+
+    from dino_core.evaluate.checkpoint import backbone_state_dict, infer_arch
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    with torch.serialization.safe_globals([argparse.Namespace]):   # official files store `args`
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    info = infer_arch(backbone_state_dict(obj, key, str(path)))
+    if info["embed_dim"] is None or info["depth"] is None:
+        raise KeyError(f"{path}: no ViT backbone found (no patch_embed.proj.weight / blocks.* keys)")
+    own = obj.get("args") if isinstance(obj, dict) else None
+    if info["num_heads"] is None:   # not a Table 1 size: our own config, else params.yaml
+        info["num_heads"] = own["model"]["num_heads"] if isinstance(own, dict) and "model" in own else num_heads
+    return {k: info[k] for k in ("arch", "patch_size", "embed_dim", "depth", "num_heads")}
+
+
+def evaluate(checkpoint: Path, params: dict, key: str | None, out: Path) -> dict:
+    """Build the loaders from params' data section and run dino_core's evaluate_checkpoint."""
+    from dino_core.config import Config
+    from dino_core.data.registry import spec
+    from dino_core.device import resolve_device
+    from dino_core.evaluate.checkpoint import evaluate_checkpoint, write_json_atomic
+
+    from .cell import eval_loaders
+    cfg = Config.from_dict(params)
+    arch = architecture(checkpoint, key, cfg.model.num_heads)
+    has_masks = spec(cfg.data.dataset).has_masks
+    train_loader, val_loader = eval_loaders(cfg, with_masks=has_masks)
+    m = evaluate_checkpoint(checkpoint, train_loader, val_loader, cfg.eval, **arch, checkpoint_key=key,
+                            mask_loader=val_loader if has_masks else None,
+                            device=resolve_device(cfg.train.device))
+    m.update(config={"data": params["data"], "eval": params["eval"]}, num_heads=arch["num_heads"])
+    write_json_atomic(m, out)
+    log.info("wrote %s: k-NN@20 %s, linear %s", out, m.get("knn20_top1"), m.get("linear_top1_best"))
+    return m
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.eval_checkpoint", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path, help="a .pth file (bare backbone or training checkpoint)")
+    ap.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
+    ap.add_argument("--key", default="teacher", help="entry of a training checkpoint: teacher | student")
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"), help="params.yaml to read")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override one parameter (repeatable), e.g. data.dataset=cifar10")
+    args = ap.parse_args(argv)
+    try:
+        params = build_params(args.params, args.overrides)
+    except (ValueError, FileNotFoundError) as e:
+        ap.error(str(e))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        m = evaluate(args.checkpoint, params, args.key, args.out)
+    except (FileNotFoundError, KeyError, TypeError, ValueError) as e:   # bad file, keys, sizes or dataset
+        log.error("%s", e.args[0] if isinstance(e, KeyError) and e.args else e)
+        return 1
+    print(json.dumps({k: v for k, v in m.items() if k.startswith(("knn", "linear_top1"))}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
