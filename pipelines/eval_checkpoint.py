@@ -1,7 +1,8 @@
 """Evaluate any DINO checkpoint (ours or an official release) on a dataset: one metrics JSON.
 
     python -m pipelines.eval_checkpoint dino_deitsmall16_pretrain.pth --out eval/vits16.json \\
-        --set data.dataset=imagefolder --set data.root=/datasets/imagenet --set data.image_size=224
+        --set data.dataset=imagefolder --set data.root=/datasets/imagenet --set data.image_size=224 \\
+        --set data.num_train=0 --set data.num_val=0     # 0 = the whole split
     python -m pipelines.eval_checkpoint runs/single/try1/checkpoint.pth --key student --out s.json
 
 The file is a bare backbone state dict (official ``*_pretrain.pth``) or a training checkpoint with
