@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
+import yaml
+from helpers import PARAMS
 
 from dino_core.config import Config
+from dino_core.data.shapes import prepare_shapes
 from dino_core.train import train_step
 from pipelines import bench
+from pipelines.cost import measure_costs
 
 torch.set_num_threads(2)
 
@@ -106,3 +111,27 @@ def test_bench_tiny_end_to_end_writes_json(tmp_path):
     assert knn["time_s"] > 0 and math.isfinite(knn["peak_mem_mb"]) and knn["bound_mb"] > 0
     (data,) = r["data_pipeline"]
     assert data["workers"] == 0 and data["img_per_s"] > 0 and data["source"] == "random PIL images"
+
+
+def test_cost_stage_measures_every_multicrop_row(tmp_path):
+    """Stage `cost` on the tiny profile: real training steps (loader, augmentation, train_step) of
+    each multi-crop row in a fresh process; per row CPU/wall time, steps per epoch, peak memory, and
+    the other processes' CPU share. Timings are recorded, not asserted (they belong to the bench)."""
+    prepare_shapes(tmp_path / "shapes", num_train=64, num_val=32, image_size=16)
+    repo = PARAMS.parent
+    (tmp_path / "ablations" / "profiles").mkdir(parents=True)
+    tiny = yaml.safe_load((repo / "ablations" / "profiles" / "tiny.yaml").read_text())
+    tiny["data"]["root"] = str(tmp_path / "shapes")
+    (tmp_path / "ablations" / "profiles" / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    for study in ("fig7_collapse", "multicrop"):
+        shutil.copy(repo / "ablations" / f"{study}.yaml", tmp_path / "ablations" / f"{study}.yaml")
+    params = yaml.safe_load(PARAMS.read_text())
+    params["profile"], params["grid"]["studies"] = "tiny", ["fig7_collapse", "multicrop"]   # only multicrop: cost
+    result = measure_costs(params, root=tmp_path, warmup=1, steps=2)
+    assert [(r["study"], r["row"]) for r in result["rows"]] == [
+        ("multicrop", "mc_2"), ("multicrop", "mc_2x2_2"), ("multicrop", "mc_2x2_6"), ("multicrop", "mc_2x2_10")]
+    for r in result["rows"]:
+        assert r["steps_per_epoch"] == 64 // 16 and r["threads"] == 1 and r["steps"] == 2
+        assert r["cpu_s_per_step"] > 0 and r["s_per_step"] > 0 and r["peak_mem_mb"] > 0
+        assert r["cpu_s_per_epoch"] == pytest.approx(r["cpu_s_per_step"] * 4)
+    assert result["cores"] >= 1 and result["other_cpu_cores"] >= 0

@@ -324,3 +324,28 @@ def test_study_without_cells_is_listed(tmp_path):
     rep = R.build_report(cells, curves, R.load_studies(ablations), R.load_extras(results))
     assert [t.study for t in rep.tables] == ["multicrop"]
     assert "studies without results in cells.csv: center_momentum" in rep.readme
+
+
+def test_cost_stage_numbers_replace_the_grid_times(tmp_path):
+    """results/cost.json (stage `cost`, measured apart) replaces the grid's epoch times and memory of
+    the rows it measured, in the table, the effect line, the plot data and the README. The grid's
+    times here (10-22 s, rising) and the measured ones (CPU s per step x 62, not monotone) differ on purpose."""
+    results, ablations = make_store(tmp_path, studies=("multicrop",))
+    per_step = {"mc_2": 0.10, "mc_2x2_2": 0.15, "mc_2x2_6": 0.14, "mc_2x2_10": 0.30}   # not monotone
+    rows = [{"study": "multicrop", "row": r, "seed": 0, "cpu_s_per_step": s, "s_per_step": s + 0.01,
+             "data_s_per_step": 0.02, "steps_per_epoch": 62, "cpu_s_per_epoch": s * 62, "peak_mem_mb": 800.0 + i}
+            for i, (r, s) in enumerate(per_step.items())]
+    (results / "cost.json").write_text(json.dumps({"rows": rows, "warmup": 3, "steps": 20, "cores": 2,
+                                                   "other_cpu_cores": 0.04, "wall_s": 9.0}))
+    cells, curves = R.read_inputs(results)
+    rep = R.build_report(cells, curves, R.load_studies(ablations), R.load_extras(results))
+    num = rep.tables[0].numeric.set_index("row")
+    assert num.loc["mc_2x2_6", "time_mean_s"] == pytest.approx(0.14 * 62) and num["cost_apart"].all()
+    assert num.loc["mc_2x2_10", "peak_mem_mb_mean"] == 803.0 and math.isnan(num.loc["mc_2", "time_std_s"])
+    assert "cost stage" in num.loc["mc_2", "note"]
+    effect = next(e for e in rep.effects if e.text.startswith("More crops cost"))
+    assert effect.status == "inconclusive" and "measured apart, CPU time: mc_2: 6.2 s/epoch, 800 MB" in effect.numbers
+    plot = next(f for f in rep.figures if f.name == "multicrop_cost.png").data
+    assert sorted(plot.loc[plot["row"] == "mc_2x2_10", "time"].unique()) == [pytest.approx(0.30 * 62)]
+    assert "other processes used 0.04 of the 2 cores" in rep.readme.lower()
+    assert "multicrop/mc_2x2_2: 0.150 CPU s/step (0.160 s wall, data 0.020 s), 62 steps/epoch, peak 801 MB" in rep.readme

@@ -22,16 +22,18 @@ process peak RSS (VmHWM, reset through /proc/self/clear_refs) minus the RSS befo
 
 Writes JSON atomically (``--out``, default results/bench.json) and logs a table.
 
-Modules: configs, environment, measuring, step, official_model, official_step, knn, data, cli.
+Modules: configs, environment, measuring, step, train_steps (real data, for the cost stage),
+official_model, official_step, knn, data, cli.
 """
 from __future__ import annotations
 
 from .configs import CONFIGS, REPO, build_config
 from .step import bench_step, make_run, random_crops
+from .train_steps import bench_train_steps
 from .official_step import OfficialStep, bench_official, bench_paired
 from .knn import bench_knn
 from .data import bench_data
 from .cli import main, measure, table
 
 __all__ = ["CONFIGS", "OfficialStep", "REPO", "bench_data", "bench_knn", "bench_official", "bench_paired",
-           "bench_step", "build_config", "main", "make_run", "measure", "random_crops", "table"]
+           "bench_step", "bench_train_steps", "build_config", "main", "make_run", "measure", "random_crops", "table"]

@@ -53,6 +53,20 @@ def aggregate(cells: pd.DataFrame, num_classes: int | None = None) -> pd.DataFra
     return out
 
 
+def apply_cost(agg: pd.DataFrame, cost: dict | None) -> pd.DataFrame:
+    """Rows measured apart by the cost stage (results/cost.json) take its time (process-CPU s per
+    epoch) and peak memory instead of the grid's, whose epoch times share the cores with other
+    cells; their spread is then not a seed spread (NaN). Marks them in column ``cost_apart``."""
+    out = agg.copy()
+    out["cost_apart"] = False
+    for r in (cost or {}).get("rows", []):
+        key = (r["study"], r["row"])
+        if key in out.index:
+            out.loc[key, ["time_mean", "time_std", "mem_mean", "mem_std", "cost_apart"]] = \
+                [float(r["cpu_s_per_epoch"]), float("nan"), float(r["peak_mem_mb"]), float("nan"), True]
+    return out
+
+
 def ln_k(cells: pd.DataFrame) -> pd.Series:
     """ln K per cell: the evaluation's `log_K`, else the run summary's `ln_k` (also set for diverged cells)."""
     return num_col(cells, "log_K").fillna(num_col(cells, "ln_k"))

@@ -109,7 +109,9 @@ def _effect_cost(spec: EffectSpec, agg: pd.DataFrame, ent: pd.DataFrame) -> tupl
     if any(i not in agg.index for i in idx):
         return "inconclusive", "not every row has results"
     t, m = [float(agg.loc[i, "time_mean"]) for i in idx], [float(agg.loc[i, "mem_mean"]) for i in idx]
-    text = "; ".join(f"{r}: {fmt_num(a)} s/epoch, {fmt_num(b, 0)} MB" for r, a, b in zip(spec.rows, t, m))
+    apart = all(bool(agg.loc[i].get("cost_apart", False)) for i in idx)
+    text = ("measured apart, CPU time: " if apart else "in the grid: ") + "; ".join(
+        f"{r}: {fmt_num(a)} s/epoch, {fmt_num(b, 0)} MB" for r, a, b in zip(spec.rows, t, m))
     if not all(map(finite, t + m)):
         return "inconclusive", text
     rising = (lambda v: all(y > x for x, y in zip(v, v[1:])))

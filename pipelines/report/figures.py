@@ -48,8 +48,9 @@ def sweep_spec(study: dict, seeds: pd.DataFrame, baselines: dict | None) -> Figu
                                            "random_init": rnd})
 
 
-def cost_spec(study: dict, seeds: pd.DataFrame) -> FigureSpec | None:
-    """Accuracy vs time per epoch and vs peak memory: ours (top) and the paper's (bottom)."""
+def cost_spec(study: dict, seeds: pd.DataFrame, cost: dict | None = None) -> FigureSpec | None:
+    """Accuracy vs time per epoch and vs peak memory: ours (top) and the paper's (bottom). Rows the
+    cost stage measured apart take its CPU s per epoch and peak memory (see aggregate.apply_cost)."""
     ok = seeds[(seeds["study"] == study["study"]) & seeds["ok"]]
     if ok.empty:
         return None
@@ -57,6 +58,11 @@ def cost_spec(study: dict, seeds: pd.DataFrame) -> FigureSpec | None:
     label = {r["name"]: str((r.get("columns") or {}).get(col, r["name"])) for r in study["rows"]}
     data = pd.DataFrame({"row": ok["row"], "label": ok["row"].map(label), "knn": num_col(ok, "knn20_top1"),
                          "time": num_col(ok, "epoch_time_s"), "mem": num_col(ok, "peak_mem_mb")}).reset_index(drop=True)
+    apart = {r["row"]: r for r in (cost or {}).get("rows", []) if r["study"] == study["study"]}
+    if apart:
+        has = data["row"].isin(list(apart))
+        data.loc[has, "time"] = data.loc[has, "row"].map(lambda r: apart[r]["cpu_s_per_epoch"])
+        data.loc[has, "mem"] = data.loc[has, "row"].map(lambda r: apart[r]["peak_mem_mb"])
     paper = pd.DataFrame([{"row": r["name"], "label": label[r["name"]], **{k: (r.get("paper") or {}).get(k)
                            for k in ("linear", "time_h", "mem_gb")}} for r in study["rows"]])
     return FigureSpec(f"{study['study']}_cost.png", "cost", f"{study['title']}: accuracy vs time and memory",
@@ -106,6 +112,6 @@ def figure_specs(studies: list[dict], seeds: pd.DataFrame, curves: pd.DataFrame,
         if s["study"] in SWEEP_STUDIES:
             specs.append(sweep_spec(s, seeds, extras.get("baselines")))
         if paper_has(s, "time_h") or paper_has(s, "mem_gb"):
-            specs.append(cost_spec(s, seeds))
+            specs.append(cost_spec(s, seeds, extras.get("cost")))
     specs += [curves_spec(studies, curves, cells), attention_spec(extras)]
     return [f for f in specs if f is not None]

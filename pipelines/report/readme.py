@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .aggregate import aggregate, final_entropy, seed_level
+from .aggregate import aggregate, apply_cost, final_entropy, seed_level
 from .effects import effects_summary
 from .figures import figure_specs
 from .model import AGREEMENT_RULE, CONVENTIONS, VERDICTS, Effect, FigureSpec, Report, Table
@@ -68,7 +68,8 @@ def _extra_lines(extras: dict) -> list[str]:
         if info.get("jaccard_best_head") is not None:
             ref = info.get("random_init_jaccard_best_head")
             lines.append(f"- Jaccard of the 60%-mass masks vs the object masks: best head "
-                         f"{fmt_num(info['jaccard_best_head'])} %, mean over heads {fmt_num(info.get('jaccard_mean_head'))} %"
+                         f"{fmt_num(info['jaccard_best_head'])} %, mean over heads "
+                         f"{fmt_num(info.get('jaccard_mean_head'))} %"
                          + (f" (random-init ViT: best head {fmt_num(ref)} %, mean "
                             f"{fmt_num(info.get('random_init_jaccard_mean_head'))} %)" if ref is not None else ""))
     tune = extras.get("tune") or {}
@@ -82,7 +83,24 @@ def _extra_lines(extras: dict) -> list[str]:
         for k, v in sorted(base.items()):
             v = v or {}
             lin = v.get("linear_top1_best")
-            lines.append(f"- {k}: k-NN {fmt_num(v.get('knn20_top1'))}" + (f", linear {fmt_num(lin)}" if lin is not None else ""))
+            lines.append(f"- {k}: k-NN {fmt_num(v.get('knn20_top1'))}"
+                         + (f", linear {fmt_num(lin)}" if lin is not None else ""))
+    return lines + _cost_lines(extras.get("cost"))
+
+
+def _cost_lines(cost: dict | None) -> list[str]:
+    """How Table 8's time and memory were measured (stage `cost`, results/cost.json)."""
+    if not cost or not cost.get("rows"):
+        return []
+    lines = ["", "## Time and memory of the multi-crop rows (stage `cost`)", "",
+             f"Measured apart from the grid, one row at a time ({cost['steps']} real training steps after "
+             f"{cost['warmup']} warm-up, 1 thread, a fresh process per row); the table's time per epoch is the "
+             f"median process-CPU time per step x steps per epoch. Other processes used "
+             f"{cost['other_cpu_cores']:.2f} of the {cost['cores']} cores meanwhile ([cost.json](cost.json)).", ""]
+    for r in cost["rows"]:
+        lines.append(f"- {r['study']}/{r['row']}: {r['cpu_s_per_step']:.3f} CPU s/step ({r['s_per_step']:.3f} s "
+                     f"wall, data {r['data_s_per_step']:.3f} s), {r['steps_per_epoch']} steps/epoch, "
+                     f"peak {r['peak_mem_mb']:.0f} MB")
     return lines
 
 
@@ -118,7 +136,7 @@ def build_report(cells: pd.DataFrame, curves: pd.DataFrame, studies: list[dict],
             log.warning("cells.csv has study %r without a study file; skipped", name)
     ordered = [by_name[n] for n in present if n in by_name]
     missing = [s["study"] for s in studies if s["study"] not in present]
-    agg, ent = aggregate(cells, num_classes), final_entropy(curves, cells)
+    agg, ent = apply_cost(aggregate(cells, num_classes), extras.get("cost")), final_entropy(curves, cells)
     tables = [study_table(s, agg, ent) for s in ordered]
     figures = figure_specs(ordered, seed_level(cells, num_classes), curves, cells, extras)
     effects = effects_summary(agg, ent)

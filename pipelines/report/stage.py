@@ -50,6 +50,7 @@ def load_extras(results: Path) -> dict:
     """Optional inputs; paths relative to `results` (as README links them)."""
     att, tune = results / "attention", results / "tune"
     return {"baselines": _read_json(results / "baselines.json"), "env": _read_json(results / "env.json"),
+            "cost": _read_json(results / "cost.json"),
             "attention": {"json": _read_json(att / "attention.json"),
                           "images": sorted(p.relative_to(results).as_posix() for p in att.glob("attn_*.png"))},
             "tune": {"plots": sorted(p.relative_to(results).as_posix() for p in tune.glob("*.png")),

@@ -36,6 +36,7 @@ def _cost_fields(a: pd.Series | None, paper: dict) -> dict:
     get = (lambda k: float(a[k]) if a is not None else float("nan"))
     return {"time_mean_s": get("time_mean"), "time_std_s": get("time_std"),
             "peak_mem_mb_mean": get("mem_mean"), "peak_mem_mb_std": get("mem_std"),
+            "cost_apart": bool(a is not None and a.get("cost_apart", False)),
             "paper_time_h": paper.get("time_h"), "paper_mem_gb": paper.get("mem_gb")}
 
 
@@ -64,6 +65,7 @@ def row_record(study: dict, row: dict, agg: pd.DataFrame, ent: pd.DataFrame) -> 
            + ("" if a is not None else "; no cells in cells.csv")}
     if paper_has(study, "time_h") or paper_has(study, "mem_gb"):
         rec.update(_cost_fields(a, paper))
+        rec["note"] += "; time, memory: cost stage (CPU s per epoch)" if rec["cost_apart"] else ""
     if paper_has(study, "entropy"):
         rec.update(_entropy_fields(ent.loc[(sname, name)] if (sname, name) in ent.index else None, paper))
     return rec
@@ -83,8 +85,8 @@ def display_frame(study: dict, num: pd.DataFrame) -> pd.DataFrame:
     d["n"] = num["n"].astype(str)
     d["collapsed"] = [f"{k}/{n}" if n else "" for k, n in zip(num["n_collapsed"], num["n"])]
     if "time_mean_s" in num:
-        d["time/epoch (s)"] = [fmt_mean_std(m, s, n)
-                               for m, s, n in zip(num["time_mean_s"], num["time_std_s"], num["n"])]
+        d["time/epoch (s)"] = [fmt_num(m) if apart else fmt_mean_std(m, s, n) for m, s, n, apart
+                               in zip(num["time_mean_s"], num["time_std_s"], num["n"], num["cost_apart"])]
         d["peak mem (MB)"] = num["peak_mem_mb_mean"].map(lambda x: fmt_num(x, 0))
         d["paper time (h)"], d["paper mem (GB)"] = num["paper_time_h"].map(fmt_num), num["paper_mem_gb"].map(fmt_num)
     if "paper_entropy" in num:
