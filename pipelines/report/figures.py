@@ -66,7 +66,8 @@ def cost_spec(study: dict, seeds: pd.DataFrame, cost: dict | None = None) -> Fig
     paper = pd.DataFrame([{"row": r["name"], "label": label[r["name"]], **{k: (r.get("paper") or {}).get(k)
                            for k in ("linear", "time_h", "mem_gb")}} for r in study["rows"]])
     return FigureSpec(f"{study['study']}_cost.png", "cost", f"{study['title']}: accuracy vs time and memory",
-                      data, {"order": _order(study, data["row"]), "paper": paper})
+                      data, {"order": _order(study, data["row"]), "paper": paper,
+                             "time_label": "CPU time per epoch (s, cost stage)" if apart else "time per epoch (s)"})
 
 
 def curves_spec(studies: list[dict], curves: pd.DataFrame, cells: pd.DataFrame) -> FigureSpec | None:

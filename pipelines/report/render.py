@@ -79,7 +79,8 @@ def render_cost(spec: FigureSpec, results: Path):
     paper = spec.options["paper"].dropna(subset=["linear"])
     colors = dict(zip(spec.options["paper"]["row"], sns.color_palette("colorblind", len(spec.options["paper"]))))
     fig, ax = plt.subplots(2, 2, figsize=(9, 6.5))
-    for j, (x, px, xl, pxl) in enumerate((("time", "time_h", "time per epoch (s)", "training time (h)"),
+    time_label = spec.options.get("time_label", "time per epoch (s)")
+    for j, (x, px, xl, pxl) in enumerate((("time", "time_h", time_label, "training time (h)"),
                                           ("mem", "mem_gb", "peak memory (MB)", "memory per GPU (GB)"))):
         _errorbars(ax[0, j], ours, x, "knn", colors, True)
         ax[0, j].set(xlabel=xl, ylabel="ours: k-NN top-1 (%)", title="ours (mean ± sd over seeds)")
