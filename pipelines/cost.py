@@ -2,8 +2,8 @@
 
 A grid cell's epoch time is taken while another cell shares the 2 cores (and whatever else runs),
 so the multi-crop rows' times in the grid are not comparable with each other. This stage runs
-``warmup + steps`` real training steps of every row of each study marked ``cost: true`` (seed of
-the grid's first seed, the row's full config: data loading, multi-crop augmentation, train_step),
+``warmup + steps`` real training steps of every row of each study marked ``cost: true`` (the
+grid's first seed, the row's full config: data loading, multi-crop augmentation, train_step),
 one row at a time in a fresh process with the grid cell's thread count, and records per row the
 median process-CPU seconds per step (the verdict's measure: robust to other jobs on the machine),
 the median wall seconds, the data part, the steps per epoch, and the process peak memory. It also
@@ -42,8 +42,9 @@ def _own_cpu_s() -> float:
 
 
 def measure_costs(params: dict, root: Path = ROOT, warmup: int = WARMUP, steps: int = STEPS) -> dict:
-    """{"rows": [{study, row, cpu_s_per_step, s_per_step, ...}], "other_cpu_cores", ...} (pure apart
-    from the measurement)."""
+    """Measure every row of the studies marked ``cost: true`` -> {"rows": [{study, row, seed,
+    cpu_s_per_step, s_per_step, data_s_per_step, steps_per_epoch, cpu_s_per_epoch, peak_mem_mb, ...}],
+    "other_cpu_cores": mean cores other processes used meanwhile, "warmup", "steps", "wall_s", ...}."""
     from .bench.cli import measure
     studies = [s for s in params["grid"]["studies"] if load_study(s, root).get("cost")]
     seed = params["grid"]["seeds"][0]
