@@ -25,13 +25,19 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """torch, numpy and python RNG states in plain types and tensors only, so that a checkpoint
+    loads with ``torch.load(weights_only=True)`` (numpy's key array is stored as an int64 tensor)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]   # older checkpoints: keys as a numpy array
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((name, keys.astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(tuple(state["python"]) if isinstance(state["python"], list) else state["python"])
 
 
 def save_checkpoint(out_dir: Path, *, student, teacher, optimizer, dino_loss, scaler, epoch: int,

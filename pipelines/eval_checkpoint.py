@@ -31,15 +31,10 @@ from .pretrain import build_params
 log = logging.getLogger(__name__)
 
 
-def architecture(path: Path, key: str | None, num_heads: int) -> dict:
+def architecture(path: Path, key: str | None, num_heads: int, weights_only: bool = True) -> dict:
     """arch, patch_size, embed_dim, depth, num_heads of the backbone in the checkpoint at ``path``."""
-    import torch
-
-    from dino_core.evaluate.checkpoint import backbone_state_dict, infer_arch
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    with torch.serialization.safe_globals([argparse.Namespace]):   # official files store `args`
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    from dino_core.evaluate.checkpoint import backbone_state_dict, infer_arch, read_checkpoint
+    obj = read_checkpoint(path, weights_only)
     info = infer_arch(backbone_state_dict(obj, key, str(path)))
     if info["embed_dim"] is None or info["depth"] is None:
         raise KeyError(f"{path}: no ViT backbone found (no patch_embed.proj.weight / blocks.* keys)")
@@ -49,7 +44,7 @@ def architecture(path: Path, key: str | None, num_heads: int) -> dict:
     return {k: info[k] for k in ("arch", "patch_size", "embed_dim", "depth", "num_heads")}
 
 
-def evaluate(checkpoint: Path, params: dict, key: str | None, out: Path) -> dict:
+def evaluate(checkpoint: Path, params: dict, key: str | None, out: Path, weights_only: bool = True) -> dict:
     """Build the loaders from params' data section and run dino_core's evaluate_checkpoint."""
     from dino_core.config import Config
     from dino_core.data.registry import spec
@@ -58,12 +53,12 @@ def evaluate(checkpoint: Path, params: dict, key: str | None, out: Path) -> dict
 
     from .cell import eval_loaders
     cfg = Config.from_dict(params)
-    arch = architecture(checkpoint, key, cfg.model.num_heads)
+    arch = architecture(checkpoint, key, cfg.model.num_heads, weights_only)
     has_masks = spec(cfg.data.dataset).has_masks
     train_loader, val_loader = eval_loaders(cfg, with_masks=has_masks)
     m = evaluate_checkpoint(checkpoint, train_loader, val_loader, cfg.eval, **arch, checkpoint_key=key,
                             mask_loader=val_loader if has_masks else None,
-                            device=resolve_device(cfg.train.device))
+                            device=resolve_device(cfg.train.device), weights_only=weights_only)
     m.update(config={"data": params["data"], "eval": params["eval"]}, num_heads=arch["num_heads"])
     write_json_atomic(m, out)
     log.info("wrote %s: k-NN@20 %s, linear %s", out, m.get("knn20_top1"), m.get("linear_top1_best"))
@@ -76,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoint", type=Path, help="a .pth file (bare backbone or training checkpoint)")
     ap.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
     ap.add_argument("--key", default="teacher", help="entry of a training checkpoint: teacher | student")
+    ap.add_argument("--trusted", action="store_true",
+                    help="load with torch.load(weights_only=False), which runs the file's pickle: only for files "
+                    "you trust (checkpoints of this suite written before their RNG state was tensor-only)")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"), help="params.yaml to read")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override one parameter (repeatable), e.g. data.dataset=cifar10")
@@ -86,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        m = evaluate(args.checkpoint, params, args.key, args.out)
+        m = evaluate(args.checkpoint, params, args.key, args.out, weights_only=not args.trusted)
     except (FileNotFoundError, KeyError, TypeError, ValueError) as e:   # bad file, keys, sizes or dataset
         log.error("%s", e.args[0] if isinstance(e, KeyError) and e.args else e)
         return 1

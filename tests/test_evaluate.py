@@ -4,13 +4,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 
+import numpy as np
 import pytest
 import torch
 from helpers import PARAMS, tiny_config
 from torch.utils.data import DataLoader, TensorDataset
 
 from dino_core.config import Config, EvalConfig
+from dino_core.data.registry import build_dataset
 from dino_core.data.shapes import prepare_shapes
 from dino_core.evaluate import (attention_jaccard, backbone_state_dict, collapse_metrics, collapse_verdict,
                                 effective_rank, entropy, evaluate_checkpoint, extract_features, feature_metrics,
@@ -19,7 +22,7 @@ from dino_core.evaluate import (attention_jaccard, backbone_state_dict, collapse
                                 knn_predict, load_backbone, mass_mask, rank_classes, save_attention_overlays,
                                 sweep_linear, train_linear, upsample_mask)
 from dino_core.head import DINOHead, MultiCropWrapper
-from dino_core.train import build_network
+from dino_core.train import build_network, train
 from dino_core.vit import build_vit
 from pipelines.cell import eval_loaders, knn_of
 from pipelines.eval_checkpoint import main as eval_checkpoint_main
@@ -244,9 +247,9 @@ def test_extract_features_cls_and_linear_layout(tmp_path):
     inter = model.get_intermediate_layers(x, 2)
     ref = torch.cat([inter[0][:, 0], inter[1][:, 0], inter[1][:, 1:].mean(1)], dim=1)
     assert f2.shape == (5, 48) and torch.allclose(f2, ref, atol=1e-5)
-    for n, pool in ((1, False), (1, True), (2, False), (2, True)):   # one pass for both protocols: same values
-        k, lin, lab2 = knn_and_linear_features(model, loader, n, pool)
-        assert torch.equal(k, f) and torch.equal(lab2, y) and lin.shape == (5, 16 * (n + pool))
+    for n, pool in ((1, False), (1, True), (2, False), (2, True), (4, False), (4, True)):   # one pass, same values
+        k, lin, lab2 = knn_and_linear_features(model, loader, n, pool)   # n = 4 > depth 2: all blocks
+        assert torch.equal(k, f) and torch.equal(lab2, y) and lin.shape == (5, 16 * (min(n, 2) + pool))
     assert torch.equal(knn_and_linear_features(model, loader, 2, True)[1], f2)
     fb, _ = extract_features(model, loader, precision="bf16")
     assert fb.dtype == torch.float32 and torch.allclose(fb, f, atol=0.1)
@@ -344,11 +347,13 @@ def test_eval_checkpoint_cli_ours_and_official(vits_files, tmp_path, caplog):
     config) and an official bare ViT-S/16 file (architecture from the weights) on a real shapes
     folder, one metrics JSON each; bad files and keys stop with a message that names them."""
     prepare_shapes(tmp_path / "shapes", num_train=64, num_val=32, image_size=16)
-    cfg = tiny_config(model={"num_heads": 4})          # params.yaml's tiny profile says 2 heads
-    torch.manual_seed(0)
-    teacher, student = build_network(cfg, False), build_network(cfg, True)
-    torch.save({"teacher": teacher.state_dict(), "student": student.state_dict(), "args": cfg.to_dict()},
-               tmp_path / "ours.pth")
+    # A real training checkpoint of ours (1 epoch): it must load with weights_only=True.
+    cfg = tiny_config(model={"num_heads": 4, "attn_impl": "auto"}, train={"epochs": 1})   # tiny profile: 2 heads
+    data = build_dataset("shapes", str(tmp_path / "shapes"), "train")
+    train(cfg, tmp_path / "run", data, (0.5,) * 3, (0.25,) * 3)
+    shutil.copy(tmp_path / "run" / "checkpoint.pth", tmp_path / "ours.pth")
+    student = build_network(cfg, True)
+    student.load_state_dict(torch.load(tmp_path / "ours.pth", weights_only=True)["student"])
     common = ["--params", str(PARAMS), "--set", "profile=tiny", "--set", f"data.root={tmp_path / 'shapes'}",
               "--set", "eval.linear_epochs=2", "--set", "eval.linear_lr=[0.1]"]
     out = tmp_path / "out" / "ours.json"
@@ -367,7 +372,14 @@ def test_eval_checkpoint_cli_ours_and_official(vits_files, tmp_path, caplog):
     assert eval_checkpoint_main([str(vits_files[0] / "dino_deitsmall16_pretrain.pth"), "--out", str(off), *common]) == 0
     official = json.loads(off.read_text())
     assert (official["arch"], official["num_heads"], official["n_train"]) == ("vit_small", 6, 64)
+    # A checkpoint that pickles more than tensors (our older RNG state: numpy arrays) needs --trusted.
+    old = torch.load(tmp_path / "ours.pth", weights_only=True)
+    old["rng"]["numpy"] = np.random.get_state()
+    torch.save(old, tmp_path / "old.pth")
+    assert eval_checkpoint_main([str(tmp_path / "old.pth"), "--trusted", "--out", str(tmp_path / "old.json"),
+                                 *common]) == 0
     for argv, message in (([str(tmp_path / "nope.pth")], "checkpoint not found"),
+                          ([str(tmp_path / "old.pth")], "only if you trust the file"),
                           ([str(tmp_path / "ours.pth"), "--key", "ema"], "checkpoint_key 'ema' not found")):
         caplog.clear()
         assert eval_checkpoint_main([*argv, "--out", str(tmp_path / "bad.json"), *common]) == 1

@@ -4,7 +4,8 @@ Protocols follow the official ``eval_knn.py``, ``eval_linear.py`` and ``visualiz
 (see each module's docstring for the equations and the documented deviations).
 """
 from .attention import attention_jaccard, cls_attention, jaccard, mass_mask, save_attention_overlays, upsample_mask
-from .checkpoint import backbone_state_dict, evaluate_checkpoint, infer_arch, load_backbone, write_json_atomic
+from .checkpoint import (backbone_state_dict, evaluate_checkpoint, infer_arch, load_backbone, read_checkpoint,
+                         write_json_atomic)
 from .collapse import (collapse_metrics, collapse_verdict, effective_rank, entropy, feature_metrics, feature_std,
                        head_metrics, kl_divergence, teacher_probs)
 from .features import backbone_features, extract_features, knn_and_linear_features, split_batch
@@ -15,7 +16,7 @@ __all__ = [
     "attention_jaccard", "backbone_features", "backbone_state_dict", "cls_attention", "collapse_metrics",
     "collapse_verdict", "effective_rank", "entropy", "evaluate_checkpoint", "extract_features", "feature_metrics",
     "feature_std", "head_metrics", "infer_arch", "jaccard", "kl_divergence", "knn_and_linear_features",
-    "knn_chunk_size", "knn_classify",
-    "knn_memory_bytes", "knn_predict", "load_backbone", "mass_mask", "rank_classes", "save_attention_overlays",
-    "split_batch", "sweep_linear", "teacher_probs", "train_linear", "upsample_mask", "write_json_atomic",
+    "knn_chunk_size", "knn_classify", "knn_memory_bytes", "knn_predict", "load_backbone", "mass_mask",
+    "rank_classes", "read_checkpoint", "save_attention_overlays", "split_batch", "sweep_linear", "teacher_probs",
+    "train_linear", "upsample_mask", "write_json_atomic",
 ]

@@ -82,21 +82,32 @@ def infer_arch(sd: dict[str, Tensor]) -> dict[str, Any]:
     return info
 
 
+def read_checkpoint(path: str | Path, weights_only: bool = True) -> Any:
+    """torch.load on CPU. ``weights_only`` (default) unpickles tensors and plain containers only
+    (and the official files' ``argparse.Namespace``): safe for files from anywhere. Our own
+    checkpoints load that way since their RNG state is stored as tensors; older ones of ours
+    (numpy RNG arrays) need ``weights_only=False``, which runs the pickle: only for trusted files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):    # official files store `args`
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        first = msg.split("Unsupported global:")[-1].split(" was not")[0].strip() if "Unsupported global" in msg else ""
+        raise ValueError(f"{path}: not loadable with weights_only=True (it pickles more than tensors and plain "
+                         f"containers{': ' + first if first else ''}); load it with weights_only=False "
+                         "(eval_checkpoint: --trusted) only if you trust the file") from e
+
+
 def load_backbone(path: str | Path, arch: str = "vit_small", patch_size: int = 16, *, embed_dim: int = 192,
                   depth: int = 12, num_heads: int = 3, checkpoint_key: str | None = "teacher",
                   attn_impl: str = "auto", weights_only: bool = True) -> VisionTransformer:
     """Build ``arch``/``patch_size`` (embed_dim/depth/num_heads for vit_custom) and load the
     checkpoint's backbone strictly. Errors name the path, the mismatching sizes or keys."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):    # official files store `args`
-            obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: not loadable with weights_only=True (it pickles more than tensors and "
-                         f"plain containers); pass weights_only=False only for a file you trust. {e}") from e
-    sd = backbone_state_dict(obj, checkpoint_key, str(path))
+    sd = backbone_state_dict(read_checkpoint(path, weights_only), checkpoint_key, str(path))
     info = infer_arch(sd)
     want = {"embed_dim": ARCHS[arch][0] if arch in ARCHS else embed_dim,
             "depth": ARCHS[arch][1] if arch in ARCHS else depth, "patch_size": patch_size}
@@ -134,13 +145,13 @@ def evaluate_checkpoint(ckpt_path: str | Path, train_loader: Any, val_loader: An
                         arch: str = "vit_small", patch_size: int = 16, embed_dim: int = 192, depth: int = 12,
                         num_heads: int = 3, checkpoint_key: str | None = "teacher", mask_loader: Any = None,
                         out_json: str | Path | None = None, device: str | torch.device | None = None,
-                        precision: str = "fp32") -> dict[str, Any]:
+                        precision: str = "fp32", weights_only: bool = True) -> dict[str, Any]:
     """k-NN (cfg.knn_k, cfg.knn_temp), backbone collapse stats on val features, linear probe if
     cfg.linear_epochs > 0, attention Jaccard if ``mask_loader``; one JSON written atomically
     (rank 0 only under DDP). cfg.batch_size is the loaders' business (they are given)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_backbone(ckpt_path, arch, patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                          checkpoint_key=checkpoint_key)
+                          checkpoint_key=checkpoint_key, weights_only=weights_only)
     n, pool = (cfg.n_last_blocks, cfg.avgpool_patchtokens) if cfg.linear_epochs > 0 else (1, False)
     ex = {"precision": precision, "device": device}
     tr_f, tr_lin, tr_y = knn_and_linear_features(model, train_loader, n, pool, **ex)

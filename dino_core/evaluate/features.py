@@ -126,9 +126,10 @@ def knn_and_linear_features(model: nn.Module, loader: DataLoader, n_last_blocks:
     """One pass for both protocols -> (k-NN feats (N, D), linear feats (N, D * (n + avgpool)), labels).
 
     The k-NN feature norm(z_L)[CLS] is the block-L slice of the linear layout (columns
-    [(n-1) D, n D)): the same computation in eval mode, so the values are identical to
-    ``extract_features(model, loader)`` and the backbone runs once instead of twice.
+    [(n-1) D, n D) with n = min(n_last_blocks, depth)): the same computation in eval mode, so the
+    values are identical to ``extract_features(model, loader)`` and the backbone runs once, not twice.
     """
     f, y = extract_features(model, loader, n_last_blocks=n_last_blocks, avgpool=avgpool, **kw)
-    d = f.shape[1] // (n_last_blocks + int(avgpool))
-    return f[:, (n_last_blocks - 1) * d: n_last_blocks * d].contiguous(), f, y
+    n = min(n_last_blocks, len(model.blocks))   # get_intermediate_layers gives at most depth blocks
+    d = f.shape[1] // (n + int(avgpool))
+    return f[:, (n - 1) * d: n * d].contiguous(), f, y
