@@ -25,23 +25,9 @@ import logging
 import sys
 from pathlib import Path
 
-from .params import ROOT
-from .pretrain import build_params
+from .pretrain import add_params_arguments, params_of
 
 log = logging.getLogger(__name__)
-
-
-def architecture(path: Path, key: str | None, num_heads: int, weights_only: bool = True) -> dict:
-    """arch, patch_size, embed_dim, depth, num_heads of the backbone in the checkpoint at ``path``."""
-    from dino_core.evaluate.checkpoint import backbone_state_dict, infer_arch, read_checkpoint
-    obj = read_checkpoint(path, weights_only)
-    info = infer_arch(backbone_state_dict(obj, key, str(path)))
-    if info["embed_dim"] is None or info["depth"] is None:
-        raise KeyError(f"{path}: no ViT backbone found (no patch_embed.proj.weight / blocks.* keys)")
-    own = obj.get("args") if isinstance(obj, dict) else None
-    if info["num_heads"] is None:   # not a Table 1 size: our own config, else params.yaml
-        info["num_heads"] = own["model"]["num_heads"] if isinstance(own, dict) and "model" in own else num_heads
-    return {k: info[k] for k in ("arch", "patch_size", "embed_dim", "depth", "num_heads")}
 
 
 def evaluate(checkpoint: Path, params: dict, key: str | None, out: Path, weights_only: bool = True) -> dict:
@@ -53,13 +39,13 @@ def evaluate(checkpoint: Path, params: dict, key: str | None, out: Path, weights
 
     from .cell import eval_loaders
     cfg = Config.from_dict(params)
-    arch = architecture(checkpoint, key, cfg.model.num_heads, weights_only)
     has_masks = spec(cfg.data.dataset).has_masks
     train_loader, val_loader = eval_loaders(cfg, with_masks=has_masks)
-    m = evaluate_checkpoint(checkpoint, train_loader, val_loader, cfg.eval, **arch, checkpoint_key=key,
+    m = evaluate_checkpoint(checkpoint, train_loader, val_loader, cfg.eval, arch="auto",
+                            num_heads=cfg.model.num_heads, checkpoint_key=key,
                             mask_loader=val_loader if has_masks else None,
                             device=resolve_device(cfg.train.device), weights_only=weights_only)
-    m.update(config={"data": params["data"], "eval": params["eval"]}, num_heads=arch["num_heads"])
+    m.update(config={"data": params["data"], "eval": params["eval"]})
     write_json_atomic(m, out)
     log.info("wrote %s: k-NN@20 %s, linear %s", out, m.get("knn20_top1"), m.get("linear_top1_best"))
     return m
@@ -74,14 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trusted", action="store_true",
                     help="load with torch.load(weights_only=False), which runs the file's pickle: only for files "
                     "you trust (checkpoints of this suite written before their RNG state was tensor-only)")
-    ap.add_argument("--params", default=str(ROOT / "params.yaml"), help="params.yaml to read")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override one parameter (repeatable), e.g. data.dataset=cifar10")
+    add_params_arguments(ap)
     args = ap.parse_args(argv)
-    try:
-        params = build_params(args.params, args.overrides)
-    except (ValueError, FileNotFoundError) as e:
-        ap.error(str(e))
+    params = params_of(ap, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         m = evaluate(args.checkpoint, params, args.key, args.out, weights_only=not args.trusted)

@@ -72,18 +72,28 @@ def build_params(params_path: str | Path, overrides: list[str] = (), root: Path 
     return core
 
 
+def add_params_arguments(ap: argparse.ArgumentParser) -> None:
+    """--params and the repeatable --set of every single-run command."""
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"), help="params.yaml to read")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override one parameter (repeatable), e.g. optim.lr=1e-3 or data.dataset=cifar10")
+
+
+def params_of(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """build_params of the parsed --params/--set; a bad file, key or value exits via ap.error."""
+    try:
+        return build_params(args.params, args.overrides)
+    except (ValueError, FileNotFoundError) as e:
+        ap.error(str(e))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.pretrain", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default=str(ROOT / "params.yaml"), help="params.yaml to read")
     ap.add_argument("--out", required=True, help="output (cell) folder")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override one parameter (repeatable)")
+    add_params_arguments(ap)
     args = ap.parse_args(argv)
-    try:
-        params = build_params(args.params, args.overrides)
-    except (ValueError, FileNotFoundError) as e:
-        ap.error(str(e))
+    params = params_of(ap, args)
     from .ddp_entry import train_cell_ddp   # torch is imported only once the arguments are valid
 
     summary = train_cell_ddp(args.out, params)

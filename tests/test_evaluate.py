@@ -293,6 +293,9 @@ def test_load_official_layouts_strict(vits_files):
     info = infer_arch(backbone_state_dict(torch.load(d / "checkpoint.pth", weights_only=False), "teacher"))
     assert info == {"embed_dim": 384, "depth": 12, "patch_size": 16, "img_size": 224, "arch": "vit_small",
                     "num_heads": 6}
+    auto = load_backbone(d / "checkpoint.pth", "auto", num_heads=1)   # Table 1's heads win over the fallback
+    assert (auto.embed_dim, len(auto.blocks), auto.patch_size, auto.num_heads) == (384, 12, 16, 6)
+    assert torch.equal(auto.state_dict()["blocks.11.mlp.fc2.weight"], sd["blocks.11.mlp.fc2.weight"])
 
 
 def test_checkpoint_errors(vits_files, tmp_path):

@@ -101,14 +101,31 @@ def read_checkpoint(path: str | Path, weights_only: bool = True) -> Any:
                          "(eval_checkpoint: --trusted) only if you trust the file") from e
 
 
+def _auto_arch(obj: Any, info: dict[str, Any], num_heads: int, where: str) -> tuple[str, int, int, int, int]:
+    """(arch, patch_size, embed_dim, depth, num_heads) read from the weights; num_heads from
+    Table 1's sizes, else from the checkpoint's own config (ours: ``args.model.num_heads``), else
+    the ``num_heads`` given."""
+    if info["embed_dim"] is None or info["depth"] is None:
+        raise KeyError(f"{where}: no ViT backbone found (no patch_embed.proj.weight / blocks.* keys)")
+    own = obj.get("args") if isinstance(obj, dict) else None
+    if info["num_heads"] is None and isinstance(own, dict) and "model" in own:
+        num_heads = own["model"]["num_heads"]
+    return info["arch"], info["patch_size"], info["embed_dim"], info["depth"], info["num_heads"] or num_heads
+
+
 def load_backbone(path: str | Path, arch: str = "vit_small", patch_size: int = 16, *, embed_dim: int = 192,
                   depth: int = 12, num_heads: int = 3, checkpoint_key: str | None = "teacher",
                   attn_impl: str = "auto", weights_only: bool = True) -> VisionTransformer:
     """Build ``arch``/``patch_size`` (embed_dim/depth/num_heads for vit_custom) and load the
-    checkpoint's backbone strictly. Errors name the path, the mismatching sizes or keys."""
+    checkpoint's backbone strictly; ``arch="auto"`` takes the sizes from the weights (the file is
+    read once; the model's patch_size/embed_dim/num_heads/len(blocks) say what was built).
+    Errors name the path, the mismatching sizes or keys."""
     path = Path(path)
-    sd = backbone_state_dict(read_checkpoint(path, weights_only), checkpoint_key, str(path))
+    obj = read_checkpoint(path, weights_only)
+    sd = backbone_state_dict(obj, checkpoint_key, str(path))
     info = infer_arch(sd)
+    if arch == "auto":
+        arch, patch_size, embed_dim, depth, num_heads = _auto_arch(obj, info, num_heads, str(path))
     want = {"embed_dim": ARCHS[arch][0] if arch in ARCHS else embed_dim,
             "depth": ARCHS[arch][1] if arch in ARCHS else depth, "patch_size": patch_size}
     bad = {k: (info[k], v) for k, v in want.items() if info[k] is not None and info[k] != v}
@@ -148,7 +165,8 @@ def evaluate_checkpoint(ckpt_path: str | Path, train_loader: Any, val_loader: An
                         precision: str = "fp32", weights_only: bool = True) -> dict[str, Any]:
     """k-NN (cfg.knn_k, cfg.knn_temp), backbone collapse stats on val features, linear probe if
     cfg.linear_epochs > 0, attention Jaccard if ``mask_loader``; one JSON written atomically
-    (rank 0 only under DDP). cfg.batch_size is the loaders' business (they are given)."""
+    (rank 0 only under DDP). ``arch="auto"``: sizes from the weights (:func:`load_backbone`); the
+    JSON records the architecture built. cfg.batch_size is the loaders' business (they are given)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_backbone(ckpt_path, arch, patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                           checkpoint_key=checkpoint_key, weights_only=weights_only)
@@ -160,8 +178,10 @@ def evaluate_checkpoint(ckpt_path: str | Path, train_loader: Any, val_loader: An
         if y is None or bool((y < 0).any()):
             raise ValueError(f"k-NN needs labels, but the {name} dataset yields unlabelled items "
                              "(expected (image, label) with label >= 0)")
-    m: dict[str, Any] = {"checkpoint": str(ckpt_path), "checkpoint_key": checkpoint_key, "arch": arch,
-                         "patch_size": patch_size, "n_train": len(tr_f), "n_val": len(va_f)}
+    m: dict[str, Any] = {"checkpoint": str(ckpt_path), "checkpoint_key": checkpoint_key,
+                         "arch": arch if arch != "auto" else infer_arch(model.state_dict())["arch"],
+                         "patch_size": model.patch_size, "embed_dim": model.embed_dim, "depth": len(model.blocks),
+                         "num_heads": model.num_heads, "n_train": len(tr_f), "n_val": len(va_f)}
     m.update(knn_classify(tr_f.to(device), tr_y, va_f.to(device), va_y, cfg.knn_k, cfg.knn_temp))
     m.update(feature_metrics(va_f))
     m["collapsed"], m["collapse_reason"] = collapse_verdict(m)
