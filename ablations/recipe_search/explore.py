@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
@@ -44,30 +45,39 @@ def config_of(name: str, diff: dict) -> Config:
     return Config.from_dict(apply_diff(base, diff, f"explore.yaml variant {name}"))
 
 
-def run(name: str, diff: dict, knn_every: int, out_dir: Path) -> None:
-    cfg = config_of(name, diff)
+def record_trajectory(name: str, cfg: Config, every: int, out_dir: Path,
+                      knn_fields: Callable[[dict], dict]) -> Path:
+    """Train ``cfg`` into out_dir/runs/<name> with the teacher's k-NN measured at random init
+    (``epoch: -1``, same seed) and every ``every`` epochs and the last: one JSON line each (loss /
+    ln K, teacher entropy / ln K, KL, and ``knn_fields`` of knn_of's dict) to out_dir/<name>.jsonl,
+    written to a .tmp file and renamed when the run ends. Returns the trajectory file."""
     train_loader, val_loader = eval_loaders(cfg)
     cpu = torch.device("cpu")
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f"{name}.jsonl.tmp"
+    tmp, ln_k = out_dir / f"{name}.jsonl.tmp", math.log(cfg.head.out_dim)
     with open(tmp, "w") as fh:
         torch.manual_seed(cfg.train.seed)
-        knn0 = knn_of(build_network(cfg, False).backbone, cfg, train_loader, val_loader, cpu)["knn20_top1"]
-        fh.write(json.dumps({"epoch": -1, "knn20": knn0}) + "\n")
-        t0, ln_k = time.time(), math.log(cfg.head.out_dim)
+        knn0 = knn_of(build_network(cfg, False).backbone, cfg, train_loader, val_loader, cpu)
+        fh.write(json.dumps({"epoch": -1, **knn_fields(knn0)}) + "\n")
+        t0 = time.time()
 
         def on_epoch_end(epoch: int, res: dict, state) -> None:
-            if (epoch + 1) % knn_every and epoch + 1 != cfg.train.epochs:
+            if (epoch + 1) % every and epoch + 1 != cfg.train.epochs:
                 return
-            knn = knn_of(state.teacher_net.backbone, cfg, train_loader, val_loader, cpu)["knn20_top1"]
+            knn = knn_of(state.teacher_net.backbone, cfg, train_loader, val_loader, cpu)
             fh.write(json.dumps({"epoch": epoch, "t": round(time.time() - t0, 1), "loss_lnK": res["loss"] / ln_k,
-                                 "H_lnK": res["teacher_entropy"] / ln_k, "kl": res["kl"], "knn20": knn}) + "\n")
+                                 "H_lnK": res["teacher_entropy"] / ln_k, "kl": res["kl"], **knn_fields(knn)}) + "\n")
             fh.flush()
         run_dir = out_dir / "runs" / name
         shutil.rmtree(run_dir, ignore_errors=True)
         mean, std = NORMALIZATION[cfg.data.dataset]
         train(cfg, run_dir, pretrain_dataset(cfg), mean, std, on_epoch_end=on_epoch_end)
-    tmp.replace(out_dir / f"{name}.jsonl")   # a trajectory that reads as finished is one
+    return tmp.replace(out_dir / f"{name}.jsonl")   # a trajectory that reads as finished is one
+
+
+def run(name: str, diff: dict, knn_every: int, out_dir: Path) -> None:
+    """One explore.yaml variant; its lines carry k-NN@20 top-1 only (``knn20``)."""
+    record_trajectory(name, config_of(name, diff), knn_every, out_dir, lambda k: {"knn20": k["knn20_top1"]})
 
 
 def main() -> None:
