@@ -1,18 +1,25 @@
-"""Prototype shapes generators tried in the recipe search (not the dataset's generator).
+"""Prototype shapes generators tried in the recipe search, and generator 2 for its recorded trials.
 
-    python ablations/recipe_search/shapes_prototypes.py dark  data/prototypes/shapes_dark
+    python ablations/recipe_search/shapes_prototypes.py v2 data/prototypes/shapes_v2
+    python ablations/recipe_search/shapes_prototypes.py dark data/prototypes/shapes_dark
     python ablations/recipe_search/shapes_prototypes.py palette data/prototypes/shapes_palette
-    python ablations/recipe_search/shapes_prototypes.py upright data/prototypes/shapes_upright
+    python ablations/recipe_search/shapes_prototypes.py v2,upright data/prototypes/shapes_upright
+    python ablations/recipe_search/shapes_prototypes.py upright data/prototypes/shapes_gray_upright
 
-Each swaps parts of dino_core.data.shapes (generator 2) and writes 2,000 / 1,000 images of 32 px:
-- dark: light, low-saturation objects on dark low-contrast backgrounds. Rejected: raw-pixel
+Each swaps parts of dino_core.data.shapes and writes 2,000 (or a third argument) / 1,000 images of
+32 px (names joined by commas apply in order):
+- v2: generator version 2 (objects in colour on low-contrast colour-noise backgrounds), the
+  dataset of every shapes trial before G20 (budget.yaml, explore.yaml S3-S7, colour_probe.py).
+  Raw-pixel k-NN@20 33.5%, random-init ViT 14.8%. DINO encodes the hues, not the outline.
+- dark (on v2): light, low-saturation objects on dark low-contrast backgrounds. Rejected: raw-pixel
   k-NN@20 83.1% (pixels win trivially; random-init ViT 36.3%).
-- palette: object and background colours from the same 4-colour palette (background at half
-  brightness), so colour carries little identity of an image. Trial S8 of explore.yaml: k-NN@20
+- palette (on v2): object and background colours from the same 4-colour palette (background at
+  half brightness), so colour carries little identity of an image. Trial S8 of explore.yaml: k-NN@20
   31.6% (random init) -> 33.6% after 12 epochs of the default recipe.
-- upright: generator 2 with the rotation limited to +-15 degrees (objects stand as in photos), so
-  that the outline is shared by all images of a class. Raw-pixel k-NN@20 49.1%, random-init ViT
-  16.1%; 20 epochs of the default recipe with grayscale_prob 1 gave 17.1% (budget.yaml U20g).
+- upright: the rotation limited to +-15 degrees (objects stand as in photos), so that the outline is
+  shared by all images of a class. On v2: raw-pixel k-NN@20 49.1%, random-init ViT 16.1%; 20
+  epochs of the default recipe with grayscale_prob 1 gave 17.1% (budget.yaml U20g).
+The grey prototype of the G trials (budget.yaml) became generator version 3, the dataset's own.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import dino_core.data.shapes as S  # noqa: E402
@@ -40,7 +47,55 @@ def _noise(rng: np.random.Generator, size: int) -> np.ndarray:
     return rng.normal(0, rng.uniform(2, 6), (size, size, 3)).astype(np.float32)
 
 
+def _v2_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Generator 2: smooth colour noise at 35% contrast plus pixel noise."""
+    k = int(rng.integers(2, 5))
+    coarse = Image.fromarray(rng.integers(0, 256, (k, k, 3), dtype=np.uint8))
+    bg = np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+    mean = bg.mean(axis=(0, 1), keepdims=True)
+    bg = mean + 0.35 * (bg - mean)
+    return bg + rng.normal(0, rng.uniform(2, 6), (size, size, 3)).astype(np.float32)
+
+
+def _v2_far_colour(rng: np.random.Generator, avoid: np.ndarray, distance: float) -> np.ndarray:
+    candidates = rng.uniform(0, 255, (8, 3))
+    ok = np.flatnonzero(((candidates - avoid) ** 2).sum(axis=1) >= distance ** 2)
+    colour = candidates[ok[0]] if len(ok) else np.where(avoid > 127, avoid - 127, avoid + 127)
+    return colour.astype(np.float32)
+
+
+def _v2_render(seed: int, split: str, idx: int, size: int = 32):
+    """Generator 2's render: colours from the patched S._far_colour / S.background."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, S.SPLIT_IDS[split], idx]))
+    geometry = S.sample_geometry(rng, idx % len(S.CLASSES), size)
+    alpha = S.coverage(geometry, size)
+    bg = S.background(rng, size)
+    colour = S._far_colour(rng, bg[alpha > 0.5].mean(axis=0), 110)
+    canvas = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(0, 2))):   # 0-1 distractor blob
+        fill = tuple(int(c) for c in S._far_colour(rng, colour, 90))
+        centre, n = rng.uniform(0, size, 2), int(rng.integers(5, 9))
+        angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+        radii = rng.uniform(0.03, 0.07) * size * rng.uniform(0.4, 1.0, n)
+        draw.polygon((centre + np.stack([np.cos(angles), np.sin(angles)], 1) * radii[:, None]).ravel().tolist(),
+                     fill=fill)
+    yy, xx = np.indices((size, size), dtype=np.float32)
+    shade = 1 + rng.uniform(-0.25, 0.25) * ((xx - geometry.cx) * np.cos(geometry.angle)
+                                             + (yy - geometry.cy) * np.sin(geometry.angle)) / geometry.radius
+    out = np.asarray(canvas, dtype=np.float32) * (1 - alpha[..., None]) + colour * (shade * alpha)[..., None]
+    image = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+    return image, Image.fromarray(np.where(alpha >= 0.5, 255, 0).astype(np.uint8)), geometry
+
+
+def v2() -> None:
+    S.background, S._far_colour, S.render = _v2_background, _v2_far_colour, _v2_render
+    S.GENERATOR_VERSION = 2   # recorded in index.json
+
+
 def dark() -> None:
+    v2()
+
     def background(rng, size):
         smooth = _smooth(rng, size)   # draw order as in the trials
         return rng.uniform(20, 80) + 0.15 * smooth + _noise(rng, size)
@@ -61,6 +116,7 @@ def upright() -> None:
 
 
 def palette() -> None:
+    v2()
     def background(rng, size):
         smooth = _smooth(rng, size)   # draw order as in the trials
         return PALETTE[rng.integers(4)] * 0.5 + 0.1 * smooth + _noise(rng, size)
@@ -71,5 +127,6 @@ def palette() -> None:
 
 
 if __name__ == "__main__":
-    {"dark": dark, "palette": palette, "upright": upright}[sys.argv[1]]()
-    S.prepare_shapes(sys.argv[2], num_train=2000, num_val=1000, workers=1)
+    for name in sys.argv[1].split(","):   # e.g. v2,upright applies both
+        {"v2": v2, "dark": dark, "palette": palette, "upright": upright}[name]()
+    S.prepare_shapes(sys.argv[2], num_train=int(sys.argv[3]) if len(sys.argv) > 3 else 2000, num_val=1000)

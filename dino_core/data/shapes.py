@@ -1,14 +1,16 @@
 """`shapes`: a procedurally generated, seeded, deterministic image dataset with object masks.
 
 Each image holds one object of a class (arrow, circle, cross, ring, semicircle, square, star,
-triangle: :data:`CLASSES`, sorted so that a label is its ImageFolder index) with random colour,
-size, position and rotation, drawn over a low-contrast smooth colour-noise background with at
-most one small distractor blob. Colour, position and background are nuisances; the outline is
-the class. The object dominates the image, as in the object-centric photos DINO was made for:
-(generator version 1 drew high-contrast stripes and checkers with up to four distractors; two
-crops of an image then shared the texture far more than the object; k-NN on the shape class
-stayed at chance, ablations/recipe_search/trials.csv. On version 2 DINO encodes the object and
-background hues, not the outline: ablations/recipe_search/colour_probe.py, README.)
+triangle: :data:`CLASSES`, sorted so that a label is its ImageFolder index) with random grey level,
+size, position and rotation, drawn over a low-contrast smooth grey-noise background (object and
+background at least 70 levels apart) with at most one small distractor blob. Grey level, position
+and background are nuisances; the outline is the class. The object dominates the image, as in the
+object-centric photos DINO was made for. Generator history (README "Small data and CPU"): version
+1 drew high-contrast stripes and checkers with up to four distractors, and two crops shared the
+texture far more than the object (k-NN at chance, ablations/recipe_search/trials.csv); version 2
+drew the same objects in colour, and DINO encoded the object and background hues, not the outline
+(ablations/recipe_search/colour_probe.py); even with labels the backbone of a CPU cell learns the
+outline of version 3 faster (ablations/recipe_search/supervised_bound.py).
 Every image has a binary foreground mask rasterised from the same polygon vertices
 as the object (4x super-sampled; mask = object coverage >= 0.5).
 
@@ -42,7 +44,7 @@ from dino_core.data.folder import content_hash
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SPLIT_IDS = {"train": 0, "val": 1}
 SUPERSAMPLE = 4
 
@@ -119,28 +121,29 @@ def coverage(geometry: ShapeGeometry, size: int) -> np.ndarray:
 
 
 def background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Smooth colour noise at 35% contrast plus pixel noise, (size, size, 3) float32 in ~[0, 255]."""
+    """Smooth grey noise at 35% contrast plus pixel noise, (size, size, 3) float32 in ~[0, 255]."""
     k = int(rng.integers(2, 5))
     coarse = Image.fromarray(rng.integers(0, 256, (k, k, 3), dtype=np.uint8))
     bg = np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
     mean = bg.mean(axis=(0, 1), keepdims=True)
-    bg = mean + 0.35 * (bg - mean)
-    return bg + rng.normal(0, rng.uniform(2, 6), (size, size, 3)).astype(np.float32)
+    bg = mean + 0.35 * (bg - mean) + rng.normal(0, rng.uniform(2, 6), (size, size, 3)).astype(np.float32)
+    return bg.mean(axis=2, keepdims=True).repeat(3, axis=2)   # grey: no hue for two views to share
 
 
-def _far_colour(rng: np.random.Generator, avoid: np.ndarray, distance: float) -> np.ndarray:
-    candidates = rng.uniform(0, 255, (8, 3))
-    ok = np.flatnonzero(((candidates - avoid) ** 2).sum(axis=1) >= distance ** 2)
-    colour = candidates[ok[0]] if len(ok) else np.where(avoid > 127, avoid - 127, avoid + 127)
-    return colour.astype(np.float32)
+def _far_level(rng: np.random.Generator, avoid: float, distance: float = 70.0) -> np.ndarray:
+    """A grey (3,): the first of 8 uniform levels at least ``distance`` from the level ``avoid``."""
+    levels = rng.uniform(0, 255, 8)
+    ok = np.flatnonzero(np.abs(levels - avoid) >= distance)
+    value = levels[ok[0]] if len(ok) else (avoid - 110 if avoid > 127 else avoid + 110)
+    return np.full(3, value, dtype=np.float32)
 
 
-def _distractors(rng: np.random.Generator, canvas: Image.Image, avoid: np.ndarray) -> None:
-    """0-1 small irregular blob (never a class outline) in a colour away from ``avoid``."""
+def _distractors(rng: np.random.Generator, canvas: Image.Image, avoid: float) -> None:
+    """0-1 small irregular blob (never a class outline) in a grey level away from ``avoid``."""
     size = canvas.size[0]
     draw = ImageDraw.Draw(canvas)
     for _ in range(int(rng.integers(0, 2))):
-        fill = tuple(int(c) for c in _far_colour(rng, avoid, 90))
+        fill = tuple(int(c) for c in _far_level(rng, avoid))
         centre = rng.uniform(0, size, 2)
         n = int(rng.integers(5, 9))
         angles = np.sort(rng.uniform(0, 2 * np.pi, n))
@@ -155,13 +158,13 @@ def render(seed: int, split: str, idx: int, size: int = 32) -> tuple[Image.Image
     geometry = sample_geometry(rng, idx % len(CLASSES), size)
     alpha = coverage(geometry, size)
     bg = background(rng, size)
-    colour = _far_colour(rng, bg[alpha > 0.5].mean(axis=0), 110)
+    level = _far_level(rng, float(bg[alpha > 0.5].mean()))
     canvas = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
-    _distractors(rng, canvas, colour)
+    _distractors(rng, canvas, float(level[0]))
     yy, xx = np.indices((size, size), dtype=np.float32)
     shade = 1 + rng.uniform(-0.25, 0.25) * ((xx - geometry.cx) * np.cos(geometry.angle)
                                              + (yy - geometry.cy) * np.sin(geometry.angle)) / geometry.radius
-    out = np.asarray(canvas, dtype=np.float32) * (1 - alpha[..., None]) + colour * (shade * alpha)[..., None]
+    out = np.asarray(canvas, dtype=np.float32) * (1 - alpha[..., None]) + level * (shade * alpha)[..., None]
     image = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
     mask = Image.fromarray(np.where(alpha >= 0.5, 255, 0).astype(np.uint8))
     return image, mask, geometry
