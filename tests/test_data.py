@@ -58,6 +58,8 @@ def test_shapes_masks_cover_the_generated_geometry(size):
     for idx in range(len(shapes.CLASSES)):
         image, mask, geometry = shapes.render(5, "val", idx, size)
         assert image.size == mask.size == (size, size)
+        px = np.asarray(image)   # generator 3: grey, no hue for two crops to share
+        assert (px[..., 0] == px[..., 1]).all() and (px[..., 1] == px[..., 2]).all()
         m = np.asarray(mask) >= 128
         cx, cy = int(geometry.cx), int(geometry.cy)
         if shapes.CLASSES[geometry.label] == "ring":  # the centre is the hole, the band is object

@@ -4,7 +4,7 @@
     python ablations/recipe_search/shapes_prototypes.py dark data/prototypes/shapes_dark
     python ablations/recipe_search/shapes_prototypes.py palette data/prototypes/shapes_palette
     python ablations/recipe_search/shapes_prototypes.py v2,upright data/prototypes/shapes_upright
-    python ablations/recipe_search/shapes_prototypes.py upright data/prototypes/shapes_gray_upright
+    python ablations/recipe_search/shapes_prototypes.py upright data/prototypes/shapes_v3_upright
 
 Each swaps parts of dino_core.data.shapes and writes 2,000 (or a third argument) / 1,000 images of
 32 px (names joined by commas apply in order):
