@@ -117,6 +117,7 @@ def upright() -> None:
 
 def palette() -> None:
     v2()
+
     def background(rng, size):
         smooth = _smooth(rng, size)   # draw order as in the trials
         return PALETTE[rng.integers(4)] * 0.5 + 0.1 * smooth + _noise(rng, size)
