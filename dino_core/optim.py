@@ -65,6 +65,13 @@ class Schedules:
             else np.zeros(e * niter_per_ep)
         return Schedules(lr, wd, mom)
 
+    def apply(self, optimizer: torch.optim.Optimizer, it: int) -> None:
+        """Set step ``it``'s lr on every parameter group and its weight decay on group 0."""
+        for i, g in enumerate(optimizer.param_groups):
+            g["lr"] = float(self.lr[it])   # plain floats: the checkpoint loads with weights_only=True
+            if i == 0:   # only the regularised group follows the weight-decay schedule
+                g["weight_decay"] = float(self.wd[it])
+
 
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory: CUDA allocator peak on GPU, process max RSS on CPU."""

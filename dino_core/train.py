@@ -106,10 +106,7 @@ def setup(cfg: Config, dataset: Dataset, mean, std) -> Run:
 
 def train_step(run: Run, crops: list[torch.Tensor], it: int, epoch: int) -> tuple[torch.Tensor, dict]:
     cfg, opt = run.cfg, run.optimizer
-    for i, g in enumerate(opt.param_groups):
-        g["lr"] = float(run.sched.lr[it])   # plain floats: the checkpoint loads with weights_only=True
-        if i == 0:   # only the regularised group follows the weight-decay schedule
-            g["weight_decay"] = float(run.sched.wd[it])
+    run.sched.apply(opt, it)
     with autocast(run.device, run.precision):
         with torch.no_grad():
             t_out = run.teacher_net(crops[:2])

@@ -65,10 +65,7 @@ def train_supervised(cfg: Config) -> dict:
         data.set_epoch(epoch)
         model.train()
         for crops, labels in loader:
-            for i, g in enumerate(opt.param_groups):
-                g["lr"] = float(sched.lr[it])
-                if i == 0:
-                    g["weight_decay"] = float(sched.wd[it])
+            sched.apply(opt, it)
             loss = nn.functional.cross_entropy(model(crops[0]), labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
