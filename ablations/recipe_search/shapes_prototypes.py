@@ -6,7 +6,7 @@
     python ablations/recipe_search/shapes_prototypes.py v2,upright data/prototypes/shapes_upright
     python ablations/recipe_search/shapes_prototypes.py upright data/prototypes/shapes_v3_upright
 
-Each swaps parts of dino_core.data.shapes and writes 2,000 (or a third argument) / 1,000 images of
+Each swaps parts of dino_core.data.shapes_draw (v2: shapes.render) and writes 2,000 (or a third argument) / 1,000 images of
 32 px (names joined by commas apply in order):
 - v2: generator version 2 (objects in colour on low-contrast colour-noise backgrounds), the
   dataset of every shapes trial before G20 (budget.yaml, explore.yaml S3-S7, colour_probe.py).
@@ -31,7 +31,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import dino_core.data.shapes as S  # noqa: E402
+import dino_core.data.shapes as S  # noqa: E402  (writes the files; its render is swapped for v2)
+import dino_core.data.shapes_draw as D  # noqa: E402  (draws one image; its parts are swapped)
 
 PALETTE = np.array([[220, 60, 60], [60, 180, 80], [70, 90, 220], [230, 200, 60]], dtype=np.float32)
 
@@ -65,16 +66,16 @@ def _v2_far_colour(rng: np.random.Generator, avoid: np.ndarray, distance: float)
 
 
 def _v2_render(seed: int, split: str, idx: int, size: int = 32):
-    """Generator 2's render: colours from the patched S._far_colour / S.background."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, S.SPLIT_IDS[split], idx]))
-    geometry = S.sample_geometry(rng, idx % len(S.CLASSES), size)
-    alpha = S.coverage(geometry, size)
-    bg = S.background(rng, size)
-    colour = S._far_colour(rng, bg[alpha > 0.5].mean(axis=0), 110)
+    """Generator 2's render: colours from the patched D._far_colour / D.background."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, D.SPLIT_IDS[split], idx]))
+    geometry = D.sample_geometry(rng, idx % len(D.CLASSES), size)
+    alpha = D.coverage(geometry, size)
+    bg = D.background(rng, size)
+    colour = D._far_colour(rng, bg[alpha > 0.5].mean(axis=0), 110)
     canvas = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     for _ in range(int(rng.integers(0, 2))):   # 0-1 distractor blob
-        fill = tuple(int(c) for c in S._far_colour(rng, colour, 90))
+        fill = tuple(int(c) for c in D._far_colour(rng, colour, 90))
         centre, n = rng.uniform(0, size, 2), int(rng.integers(5, 9))
         angles = np.sort(rng.uniform(0, 2 * np.pi, n))
         radii = rng.uniform(0.03, 0.07) * size * rng.uniform(0.4, 1.0, n)
@@ -89,7 +90,7 @@ def _v2_render(seed: int, split: str, idx: int, size: int = 32):
 
 
 def v2() -> None:
-    S.background, S._far_colour, S.render = _v2_background, _v2_far_colour, _v2_render
+    D.background, D._far_colour, S.render = _v2_background, _v2_far_colour, _v2_render
     S.GENERATOR_VERSION = 2   # recorded in index.json
 
 
@@ -103,16 +104,16 @@ def dark() -> None:
     def far_colour(rng, avoid, distance):
         r, g, b = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0, 0.35), rng.uniform(0.7, 1.0))
         return np.array([r, g, b], dtype=np.float32) * 255
-    S.background, S._far_colour = background, far_colour
+    D.background, D._far_colour = background, far_colour
 
 
 def upright() -> None:
-    sample = S.sample_geometry
+    sample = D.sample_geometry
 
     def sample_geometry(rng, label, size):
         g = sample(rng, label, size)   # same draws; the angle uniform(0, 2 pi) maps to +-15 degrees
-        return S.ShapeGeometry(g.label, g.cx, g.cy, g.radius, float(np.deg2rad(15) * (g.angle / np.pi - 1)))
-    S.sample_geometry = sample_geometry
+        return D.ShapeGeometry(g.label, g.cx, g.cy, g.radius, float(np.deg2rad(15) * (g.angle / np.pi - 1)))
+    D.sample_geometry = sample_geometry
 
 
 def palette() -> None:
@@ -124,7 +125,7 @@ def palette() -> None:
 
     def far_colour(rng, avoid, distance):
         return PALETTE[rng.integers(4)].copy()
-    S.background, S._far_colour = background, far_colour
+    D.background, D._far_colour = background, far_colour
 
 
 if __name__ == "__main__":
