@@ -6,8 +6,8 @@
     python ablations/recipe_search/shapes_prototypes.py v2,upright data/prototypes/shapes_upright
     python ablations/recipe_search/shapes_prototypes.py upright data/prototypes/shapes_v3_upright
 
-Each swaps parts of dino_core.data.shapes_draw (v2: shapes.render) and writes 2,000 (or a third argument) / 1,000 images of
-32 px (names joined by commas apply in order):
+Each swaps parts of dino_core.data.shapes_draw (v2 also shapes.render) and writes 2,000 (or a third
+argument) / 1,000 images of 32 px (names joined by commas apply in order):
 - v2: generator version 2 (objects in colour on low-contrast colour-noise backgrounds), the
   dataset of every shapes trial before G20 (budget.yaml, explore.yaml S3-S7, colour_probe.py).
   Raw-pixel k-NN@20 33.5%, random-init ViT 14.8%. DINO encodes the hues, not the outline.
