@@ -196,7 +196,8 @@ def test_needs_eval_and_cell_summary(tmp_path):
     assert not store.needs_eval(cell, cfg.replace("eval", knn_temp=0.2))   # nothing to evaluate
 
 
-@pytest.mark.parametrize("profile", ["default", "shapes", "tiny", "paper"])
+@pytest.mark.parametrize("profile", ["default"] + sorted(p.stem for p in (PARAMS.parent / "ablations" / "profiles")
+                                                         .glob("*.yaml")))
 def test_every_profile_resolves_every_study_cell(profile):
     """`dvc exp run -S profile=<p>` must not stop at a study row: every row's diff (K/64 included)
     gives a valid config under every profile (the tiny profile's K = 64 once made K/64 = 1)."""
@@ -205,3 +206,15 @@ def test_every_profile_resolves_every_study_cell(profile):
     grid = apply_profile(params)["grid"]
     cells = grid_cells(params)   # validates every cell's config (raises on the first bad one)
     assert len(cells) == sum(len(load_study(s)["rows"]) for s in grid["studies"]) * len(grid["seeds"])
+
+
+def test_learn_profile_is_the_default_recipe_at_the_learning_budget():
+    """README "The learning budget": the `learn` profile changes the teacher temperature and the
+    epochs only, so its measured gains belong to the default recipe, not to other knobs."""
+    from pipelines.params import resolve_profile
+    params = load_all(PARAMS)
+    default = resolve_profile(params)
+    learn = resolve_profile({**params, "profile": "learn"})
+    changed = {(s, k): learn[s][k] for s in default for k in default[s] if default[s][k] != learn[s][k]}
+    assert changed == {("loss", "teacher_temp"): 0.02, ("loss", "warmup_teacher_temp"): 0.02,
+                       ("train", "epochs"): 100}

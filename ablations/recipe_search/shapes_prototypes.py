@@ -5,6 +5,8 @@
     python ablations/recipe_search/shapes_prototypes.py palette data/prototypes/shapes_palette
     python ablations/recipe_search/shapes_prototypes.py v2,upright data/prototypes/shapes_upright
     python ablations/recipe_search/shapes_prototypes.py upright data/prototypes/shapes_v3_upright
+    python ablations/recipe_search/shapes_prototypes.py wide,upright data/prototypes/shapes_v3_r15up
+    python ablations/recipe_search/shapes_prototypes.py small,upright data/prototypes/shapes_v3_r12up
 
 Each swaps parts of dino_core.data.shapes_draw (v2 also shapes.render) and writes 2,000 (or a third
 argument) / 1,000 images of 32 px (names joined by commas apply in order):
@@ -19,6 +21,11 @@ argument) / 1,000 images of 32 px (names joined by commas apply in order):
 - upright: the rotation limited to +-15 degrees (objects stand as in photos), so that the outline is
   shared by all images of a class. On v2: raw-pixel k-NN@20 49.1%, random-init ViT 16.1%; 20
   epochs of the default recipe with grayscale_prob 1 gave 17.1% (budget.yaml U20g).
+- upright on generator 3 (grey): raw-pixel k-NN@20 86.2%, random-init ViT 30.1%; DINO (U20t2) 39.7%.
+- wide (before upright): circumradius 15-42% of the side instead of 28-42% (same draws). With
+  upright on generator 3: raw pixels 59.2%, random init 19.3%; DINO (R15U20t2) 27.7%.
+- small (before upright): circumradius 12-30% of the side, so objects move and change size over
+  the image and pixels match less. With upright on generator 3: raw pixels 36.4%, random init 15.9%.
 The grey prototype of the G trials (budget.yaml) became generator version 3, the dataset's own.
 """
 from __future__ import annotations
@@ -116,6 +123,22 @@ def upright() -> None:
     D.sample_geometry = sample_geometry
 
 
+def _radius(lo: float, hi: float) -> None:
+    def sample_geometry(rng, label, size):   # generator 3's draws, another radius range
+        radius = rng.uniform(lo, hi) * size
+        cx, cy = rng.uniform(radius + 1, size - radius - 1, size=2)
+        return D.ShapeGeometry(label, float(cx), float(cy), float(radius), float(rng.uniform(0, 2 * np.pi)))
+    D.sample_geometry = sample_geometry
+
+
+def wide() -> None:
+    _radius(0.15, 0.42)
+
+
+def small() -> None:
+    _radius(0.12, 0.30)
+
+
 def palette() -> None:
     v2()
 
@@ -130,5 +153,5 @@ def palette() -> None:
 
 if __name__ == "__main__":
     for name in sys.argv[1].split(","):   # e.g. v2,upright applies both
-        {"v2": v2, "dark": dark, "palette": palette, "upright": upright}[name]()
+        {"v2": v2, "dark": dark, "palette": palette, "upright": upright, "wide": wide, "small": small}[name]()
     S.prepare_shapes(sys.argv[2], num_train=int(sys.argv[3]) if len(sys.argv) > 3 else 2000, num_val=1000)

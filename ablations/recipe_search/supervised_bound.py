@@ -4,7 +4,7 @@ the k-NN of a DINO cell with the same architecture, augmentation, optimiser and 
     python ablations/recipe_search/supervised_bound.py --name shapes_v3 --set profile=shapes
 
 With ``--name`` the result goes to ``supervised/<name>.json`` beside this file (written to a .tmp
-file, then renamed), else to stdout. The committed results and their commands: supervised.yaml.
+file, then renamed), else to stdout. Each committed JSON holds its ``--set`` list.
 
 The config is params.yaml with its profile and the --set overrides, as for ``pipelines.pretrain``. The
 student backbone of that config plus a linear classifier on its CLS token are trained with

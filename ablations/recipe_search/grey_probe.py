@@ -1,0 +1,85 @@
+"""What did DINO learn on grey shapes (generator 3)? k-NN@20 of the teacher backbone of budget.yaml
+trials on four labels of the val images: the shape class, and 8 quantile bins (of the train split)
+of the object's mean grey, the background's mean grey and the object's area (from the masks).
+
+    python ablations/recipe_search/trajectory.py --trial G100t2s2 --every 10   # keeps budget/runs/G100t2s2
+    python ablations/recipe_search/grey_probe.py G100t2 G100t2s1 G100t2s2
+
+The first line printed is the random-init ViT of the first trial's config. Measured (τt 0.02, 100
+epochs; chance 12.5 for every label):
+random init (seed 0): shape 24.6, object grey 28.0, background grey 51.8, object area 33.3;
+G100t2 (seed 0): 56.8, 55.3, 31.3, 54.9; G100t2s1: 54.8, 58.3, 36.1, 55.5;
+G100t2s2: 32.6, 52.1, 41.8, 40.4. Every run encodes the object's grey level that both crops share;
+seeds 0 and 1 also encode the outline (and the area that goes with it), seed 2 keeps the grey levels
+of object and background instead.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from dino_core.config import Config  # noqa: E402
+from dino_core.data.registry import build_dataset  # noqa: E402
+from dino_core.evaluate.features import extract_features  # noqa: E402
+from dino_core.evaluate.knn import knn_classify  # noqa: E402
+from dino_core.train import build_network  # noqa: E402
+from pipelines.cell import eval_loaders  # noqa: E402
+
+RUNS = HERE / "budget" / "runs"
+BINS = 8
+
+
+def image_stats(cfg: Config, split: str, n: int) -> np.ndarray:
+    """(n, 3): object mean grey, background mean grey, object area fraction, from the masks."""
+    ds = build_dataset("shapes", cfg.data.root, split, None, limit=n, with_masks=True)
+    rows = []
+    for i in range(len(ds)):
+        image, _, mask = ds[i]
+        grey, m = np.asarray(image, dtype=np.float32).mean(axis=2), np.asarray(mask).astype(bool)
+        rows.append((grey[m].mean(), grey[~m].mean(), m.mean()))
+    return np.array(rows)
+
+
+def binned(train: np.ndarray, val: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per column, (train bins, val bins) at the train split's octiles."""
+    out = []
+    for j in range(train.shape[1]):
+        edges = np.quantile(train[:, j], np.linspace(0, 1, BINS + 1)[1:-1])
+        out.append((torch.tensor(np.digitize(train[:, j], edges)), torch.tensor(np.digitize(val[:, j], edges))))
+    return out
+
+
+def probe(trials: list[str]) -> None:
+    """Print the four k-NN@20 readings for random init and for each trial's teacher."""
+    cfgs = {t: Config.from_dict(yaml.safe_load((RUNS / t / "config.yaml").read_text())) for t in trials}
+    cfg = cfgs[trials[0]]
+    labels = binned(image_stats(cfg, "train", cfg.data.num_train), image_stats(cfg, "val", cfg.data.num_val))
+    train_loader, val_loader = eval_loaders(cfg)
+    cpu = torch.device("cpu")
+    for name in [None] + trials:
+        c = cfgs[name or trials[0]]
+        torch.manual_seed(c.train.seed)
+        net = build_network(c, False)
+        if name is not None:
+            net.load_state_dict(torch.load(RUNS / name / "checkpoint.pth", map_location="cpu",
+                                           weights_only=False)["teacher"])
+        ftr, ytr = extract_features(net.backbone, train_loader, device=cpu)
+        fva, yva = extract_features(net.backbone, val_loader, device=cpu)
+        res = {"shape": knn_classify(ftr, ytr, fva, yva, ks=(20,), num_classes=BINS)["knn20_top1"]}
+        for key, (a, b) in zip(("object grey", "background grey", "object area"), labels):
+            res[key] = knn_classify(ftr, a, fva, b, ks=(20,), num_classes=BINS)["knn20_top1"]
+        print(f"{name or 'random init'}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    torch.set_num_threads(1)
+    probe(sys.argv[1:])
