@@ -9,7 +9,7 @@ import pytest
 from helpers import CORE_SECTIONS, PARAMS, tiny_config
 
 from dino_core.config import Config, load_params, merge
-from pipelines.params import apply_profile, grid_cells, load_all, load_study
+from pipelines.params import apply_profile, grid_cells, load_all, load_study, resolve_profile
 
 
 def core_params() -> dict:
@@ -211,7 +211,6 @@ def test_every_profile_resolves_every_study_cell(profile):
 def test_learn_profile_is_the_default_recipe_at_the_learning_budget():
     """README "The learning budget": the `learn` profile changes the teacher temperature and the
     epochs only, so its measured gains belong to the default recipe, not to other knobs."""
-    from pipelines.params import resolve_profile
     params = load_all(PARAMS)
     default = resolve_profile(params)
     learn = resolve_profile({**params, "profile": "learn"})
