@@ -30,7 +30,7 @@ from dino_core.data.registry import build_dataset  # noqa: E402
 from dino_core.evaluate.features import extract_features  # noqa: E402
 from dino_core.evaluate.knn import knn_classify  # noqa: E402
 from dino_core.train import build_network  # noqa: E402
-from pipelines.cell import eval_loaders  # noqa: E402
+from pipelines.cell import eval_loaders, load_trained  # noqa: E402
 
 RUNS = HERE / "budget" / "runs"
 BINS = 8
@@ -65,11 +65,11 @@ def probe(trials: list[str]) -> None:
     cpu = torch.device("cpu")
     for name in [None] + trials:
         c = cfgs[name or trials[0]]
-        torch.manual_seed(c.train.seed)
-        net = build_network(c, False)
-        if name is not None:
-            net.load_state_dict(torch.load(RUNS / name / "checkpoint.pth", map_location="cpu",
-                                           weights_only=False)["teacher"])
+        if name is None:
+            torch.manual_seed(c.train.seed)
+            net = build_network(c, False)
+        else:
+            net = load_trained(c, RUNS / name)[1]   # the teacher
         ftr, ytr = extract_features(net.backbone, train_loader, device=cpu)
         fva, yva = extract_features(net.backbone, val_loader, device=cpu)
         res = {"shape": knn_classify(ftr, ytr, fva, yva, ks=(20,), num_classes=BINS)["knn20_top1"]}

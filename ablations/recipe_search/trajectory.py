@@ -1,6 +1,7 @@
 """A budget.yaml trial with its trajectory: k-NN of the teacher at random init and every few epochs.
 
     python ablations/recipe_search/trajectory.py --trial S20gs6t2 [--every 5] [--threads 1]
+    python ablations/recipe_search/trajectory.py --trial D100t2 --evaluate   # the kept run, as a grid cell
 
 The trial's ``set`` list (budget.yaml, beside this file) is applied to params.yaml exactly as
 ``python -m pipelines.pretrain --set ...`` does (profile first, then the overrides); the run is the
@@ -9,12 +10,16 @@ first step (``epoch: -1``, the random-init network of the same seed) and after e
 epochs and the last. One JSON line per measurement, with loss / ln K, teacher entropy / ln K and
 KL(teacher || student) of that epoch, goes to ``budget/<trial>.jsonl`` (written to a .tmp file,
 renamed when the run ends; explore.record_trajectory, the same loop as explore.py's); the run
-folder stays in ``budget/runs/<trial>/`` (not tracked).
+folder stays in ``budget/runs/<trial>/`` (not tracked). ``--evaluate`` trains nothing: it runs the
+grid's evaluation (pipelines.cell.evaluate_cell: k-NN, linear probe, collapse metrics with the run's
+own teacher targets) on that kept run and logs it with the collapse verdict; the ``linear`` and
+``Hmean_over_lnK`` fields of budget.yaml come from it.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -25,7 +30,9 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
 
 from dino_core.config import Config  # noqa: E402
+from dino_core.evaluate.collapse import collapse_verdict  # noqa: E402
 from explore import record_trajectory  # noqa: E402
+from pipelines.cell import evaluate_cell  # noqa: E402
 from pipelines.pretrain import build_params  # noqa: E402
 
 
@@ -43,11 +50,25 @@ def run(name: str, every: int, out_dir: Path) -> Path:
     return record_trajectory(name, cfg, every, out_dir, lambda k: {"knn": k})
 
 
+def evaluate(name: str, out_dir: Path) -> dict:
+    """The grid's evaluation of the kept run ``out_dir/runs/<name>`` (writes its eval.json) and the
+    collapse verdict."""
+    cell = out_dir / "runs" / name
+    if not (cell / "metrics.json").is_file():   # written when the training ends
+        raise FileNotFoundError(f"{cell} holds no finished run: train it first (--trial {name})")
+    cfg = Config.from_dict(yaml.safe_load((cell / "config.yaml").read_text()))
+    ev = evaluate_cell(cfg, cell)
+    collapsed, why = collapse_verdict(ev, cfg.head.out_dim, cfg.model.embed_dim)
+    return {**ev, "collapsed": collapsed, "verdict": why,
+            "Hmean_over_lnK": ev["teacher_mean_entropy"] / math.log(cfg.head.out_dim)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trial", required=True, help="a name in budget.yaml")
     ap.add_argument("--every", type=int, default=5, help="measure k-NN every this many epochs (and the last)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--evaluate", action="store_true", help="evaluate the kept run as a grid cell (no training)")
     args = ap.parse_args()
     try:
         trial_sets(args.trial)
@@ -55,7 +76,17 @@ def main() -> None:
         ap.error(e.args[0])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
-    logging.getLogger(__name__).info("wrote %s", run(args.trial, args.every, HERE / "budget"))
+    log = logging.getLogger(__name__)
+    if args.evaluate:
+        try:
+            ev = evaluate(args.trial, HERE / "budget")
+        except FileNotFoundError as e:
+            ap.error(e.args[0])
+        log.info("%s: knn20 %.1f, linear %.1f, h(mean Pt) %.2f ln K, prototypes %s, collapsed %s (%s)",
+                 args.trial, ev["knn20_top1"], ev.get("linear_top1_best", float("nan")), ev["Hmean_over_lnK"],
+                 ev.get("prototypes_used"), ev["collapsed"], ev["verdict"])
+        return
+    log.info("wrote %s", run(args.trial, args.every, HERE / "budget"))
 
 
 if __name__ == "__main__":
