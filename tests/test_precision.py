@@ -1,5 +1,8 @@
 """Precision and the benchmark: bf16 autocast keeps the fp32 loss trajectory (small scale), the
-official-style step of the bench does the same work as ours, and the bench runs end to end."""
+official-style step of the bench does the same work as ours, and the bench runs end to end.
+
+The ``cuda`` cases run where a GPU is visible (``ci/gpu_check.sh`` runs them on a GPU machine);
+CI's CPU machine skips them."""
 from __future__ import annotations
 
 import json
@@ -19,6 +22,9 @@ from pipelines.cost import measure_costs
 
 torch.set_num_threads(2)
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (ci/gpu_check.sh)")
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+
 STEPS = 50
 # bf16 keeps 8 mantissa bits (relative rounding 2^-9 = 0.2 %). Over 50 steps of the small model the
 # bf16 loss stays within BF16_REL_TOL of the fp32 loss at every step (measured: max 1.5 %, at the
@@ -28,18 +34,18 @@ BF16_REL_TOL = 0.03
 BF16_END_TOL = 0.005
 
 
-def small_config(precision: str, drop_path: float = 0.1) -> Config:
+def small_config(precision: str, drop_path: float = 0.1, device: str = "cpu") -> Config:
     """The bench's "tiny" config (vit_custom dim 32, depth 2, K 256, batch 8), 50 one-step epochs,
     a learning rate large enough that the loss moves over 50 steps."""
-    d = bench.build_config("tiny", precision, "cpu").to_dict()
+    d = bench.build_config("tiny", precision, device).to_dict()
     d["train"]["epochs"] = STEPS
     d["optim"].update(lr=0.05, warmup_epochs=5)
     d["model"]["drop_path_rate"] = drop_path
     return Config.from_dict(d)
 
 
-def loss_curve(precision: str) -> list[float]:
-    cfg = small_config(precision)
+def loss_curve(precision: str, device: str = "cpu") -> list[float]:
+    cfg = small_config(precision, device=device)
     run = bench.make_run(cfg)            # seeds the weights from train.seed: equal for both precisions
     assert run.precision == precision
     batches = [bench.random_crops(cfg, run.device, seed=s) for s in range(4)]
@@ -47,8 +53,9 @@ def loss_curve(precision: str) -> list[float]:
     return [float(train_step(run, batches[i % 4], i, i)[0]) for i in range(STEPS)]
 
 
-def test_bf16_autocast_keeps_the_fp32_loss_curve():
-    fp32, bf16 = loss_curve("fp32"), loss_curve("bf16")
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_autocast_keeps_the_fp32_loss_curve(device):
+    fp32, bf16 = loss_curve("fp32", device), loss_curve("bf16", device)
     assert all(math.isfinite(x) for x in fp32 + bf16)
     assert max(fp32) - min(fp32) > 1.0, "the loss must move for the comparison to mean anything"
     rel = [abs(a - b) / abs(a) for a, b in zip(fp32, bf16)]
@@ -78,6 +85,51 @@ def test_official_style_step_does_the_same_work_as_ours():
         # float rounding only (AdamW turns rounding-level gradient differences into small steps)
         assert max(float((a[k] - b[k]).abs().max()) for k in a) < 0.05 * moved
     assert torch.allclose(run.loss.center, off.loss.center, atol=1e-6)
+
+
+@needs_cuda
+def test_official_style_step_on_gpu_does_the_same_work_as_ours_in_fp16():
+    """On a GPU the official step runs fp16 autocast with a GradScaler; ours in fp16 does the same
+    (same scaler, same skipped steps): the bench's GPU ratio compares equal work. fp16 rounds at
+    2^-11, and the two sum the loss's view pairs in another order: 1 % on the loss."""
+    cfg = small_config("fp16", drop_path=0.0, device="cuda")
+    run = bench.make_run(cfg)
+    off = bench.OfficialStep(run)
+    assert (run.precision, off.precision) == ("fp16", "fp16")
+    crops = bench.random_crops(cfg, run.device)
+    start = {k: v.clone() for k, v in run.student_mod.state_dict().items()}
+    for it in range(1, 6):
+        ours = float(train_step(run, crops, it, it)[0])
+        theirs = off.step(crops, it, it)
+        assert ours == pytest.approx(theirs, rel=1e-2), f"step {it}"
+    assert run.scaler.get_scale() == off.fp16_scaler.get_scale()
+    moved = max(float((v - start[k]).abs().max()) for k, v in run.student_mod.state_dict().items())
+    assert moved > 1e-3
+    a, b = run.student_mod.state_dict(), off.student.state_dict()
+    gap = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert gap < 0.1 * moved, f"largest parameter gap {gap:.3g} vs largest move {moved:.3g}"
+    assert torch.allclose(run.loss.center, off.loss.center, atol=1e-3)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sdpa_on_gpu_matches_explicit_attention(dtype):
+    """attn_impl auto picks PyTorch's fused SDPA on a GPU: the ViT-S/16 output (197 and 37 tokens,
+    the paper's global and local crops) equals explicit softmax(QK^T/sqrt(d))V up to rounding."""
+    from dino_core.vit import build_vit
+    torch.manual_seed(0)
+    vit = build_vit("vit_small", 16, attn_impl="explicit").cuda().eval()
+    for size in (224, 96):
+        x = torch.randn(4, 3, size, size, device="cuda")
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            for blk in vit.blocks:
+                blk.attn.impl = "explicit"
+            ref = vit(x).float()
+            for blk in vit.blocks:
+                blk.attn.impl = "auto"
+            out = vit(x).float()
+        rel = float((out - ref).norm() / ref.norm())
+        assert rel < (1e-4 if dtype == torch.float32 else 2e-2), f"{size} px: relative error {rel:.2e}"
 
 
 def test_configs_are_diffs_over_params():

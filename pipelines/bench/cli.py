@@ -91,8 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--no-official", action="store_true", help="skip the official-style step")
     p.add_argument("--paired", type=int, default=0, metavar="N",
-                   help="also alternate N timed steps of ours (params' attention) and official-style in one "
-                   "process (each after an untimed re-warm step)")
+                   help="also alternate N timed steps of ours (the first of --precisions, params' attention) "
+                   "and official-style in one process (each after an untimed re-warm step)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd student and teacher")
     p.add_argument("--knn-full", action="store_true", help="k-NN at 50,000 x 1,000,000 (instead of the small size)")
     p.add_argument("--knn-size", default="5000x100000", help="QUERIESxTRAIN of the default k-NN")
@@ -144,7 +144,10 @@ def _time_config(a: argparse.Namespace, name: str, result: dict, iso: dict) -> N
     if a.paired:
         la0 = loadavg()
         log.info("timing %s ours vs official-style, alternating steps ...", name)
-        pr = measure("bench_paired", cfg, a.warmup, a.paired, **iso)
+        # ours at the first precision asked for (bf16 on a GPU): the official step picks its own
+        # (fp16 + GradScaler on GPU, fp32 on CPU), as the official code does
+        pcfg = build_config(name, a.precisions.split(",")[0] or "auto", a.device)
+        pr = measure("bench_paired", pcfg, a.warmup, a.paired, **iso)
         pr.update(config=name, loadavg=[la0, loadavg()])
         result.setdefault("paired", []).append(pr)
     for r in result["train_step"]:
