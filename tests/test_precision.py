@@ -16,6 +16,7 @@ from helpers import PARAMS
 
 from dino_core.config import Config
 from dino_core.data.shapes import prepare_shapes
+from dino_core.device import resolve_precision
 from dino_core.train import train_step
 from pipelines import bench
 from pipelines.cost import measure_costs
@@ -27,11 +28,13 @@ DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 STEPS = 50
 # bf16 keeps 8 mantissa bits (relative rounding 2^-9 = 0.2 %). Over 50 steps of the small model the
-# bf16 loss stays within BF16_REL_TOL of the fp32 loss at every step (measured: max 1.5 %, at the
-# turn of the curve near step 11) and the mean of the last 10 steps within BF16_END_TOL (measured
-# 0.05 %); the fp32 loss itself moves by > 3 (2.6 -> 1.9 -> 5.9) over the 50 steps.
+# bf16 loss stays within BF16_REL_TOL of the fp32 loss at every step (measured: max 1.5 % on the CPU,
+# at the turn of the curve near step 11; 1.5-2.7 % on an H200 over weight seeds 0 / 1 / 2) and the
+# mean of the last 10 steps within BF16_END_TOL (measured 0.05 % on the CPU; 0.63 / 0.25 / 0.95 % on
+# the H200, where fused SDPA and cuBLAS round differently; both devices repeat their curves exactly:
+# results/gpu/h200-2026-11-27/bf16_curves_cuda.json); the fp32 loss moves by > 3 over the 50 steps.
 BF16_REL_TOL = 0.03
-BF16_END_TOL = 0.005
+BF16_END_TOL = {"cpu": 0.005, "cuda": 0.015}
 
 
 def small_config(precision: str, drop_path: float = 0.1, device: str = "cpu") -> Config:
@@ -62,7 +65,7 @@ def test_bf16_autocast_keeps_the_fp32_loss_curve(device):
     assert max(rel) < BF16_REL_TOL, f"max relative gap {max(rel):.4f} at step {rel.index(max(rel))}"
     tail = slice(STEPS - 10, STEPS)
     end_gap = abs(sum(fp32[tail]) - sum(bf16[tail])) / abs(sum(fp32[tail]))
-    assert end_gap < BF16_END_TOL, f"last-10-step mean differs by {end_gap:.4f}"
+    assert end_gap < BF16_END_TOL[device], f"last-10-step mean differs by {end_gap:.4f}"
 
 
 def test_official_style_step_does_the_same_work_as_ours():
@@ -132,10 +135,23 @@ def test_sdpa_on_gpu_matches_explicit_attention(dtype):
         assert rel < (1e-4 if dtype == torch.float32 else 2e-2), f"{size} px: relative error {rel:.2e}"
 
 
+def test_auto_precision_on_cpu_is_bf16_only_with_amx():
+    """bf16 pays on a CPU only with AMX tiles: on an AVX2 EPYC bf16 matmul is ~50x slower than fp32,
+    on a Xeon with AVX512-BF16 but no AMX the cpu-toy step 1.5x slower (README, perf)."""
+    cpu = torch.device("cpu")
+    flags = "flags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16 avx512_vnni avx512_fp16"
+    assert resolve_precision("auto", cpu, flags) == "fp32"
+    assert resolve_precision("auto", cpu, flags + " amx_bf16 amx_tile amx_int8") == "bf16"
+    assert resolve_precision("auto", cpu, "flags\t\t: fpu sse2 avx2 fma") == "fp32"
+    assert resolve_precision("auto", cpu, "") == "fp32"
+    assert resolve_precision("bf16", cpu, "") == "bf16"   # an explicit choice is kept
+
+
 def test_configs_are_diffs_over_params():
     toy = bench.build_config("cpu-toy", "fp32", "cpu")
     assert (toy.model.arch, toy.model.patch_size, toy.head.out_dim, toy.head.hidden_dim) == ("vit_tiny", 4, 4096, 2048)
-    assert (toy.crops.global_size, toy.crops.local_size, toy.crops.local_number, toy.optim.batch_size) == (32, 16, 6, 64)
+    assert (toy.crops.global_size, toy.crops.local_size, toy.crops.local_number, toy.optim.batch_size) == \
+        (32, 16, 6, 64)
     s16 = bench.build_config("vit-s16", "bf16", "cpu")
     assert (s16.model.arch, s16.model.patch_size, s16.crops.global_size, s16.crops.local_number) == \
         ("vit_small", 16, 224, 10)
