@@ -11,7 +11,9 @@ random init (seed 0): shape 24.6, object grey 28.0, background grey 51.8, object
 G100t2 (seed 0): 56.8, 55.3, 31.3, 54.9; G100t2s1: 54.8, 58.3, 36.1, 55.5;
 G100t2s2: 32.6, 52.1, 41.8, 40.4. Every run encodes the object's grey level that both crops share;
 seeds 0 and 1 also encode the outline (and the area that goes with it), seed 2 keeps the grey levels
-of object and background instead.
+of object and background instead. With 2 + 6 crops (session 9) the failing seed moves:
+G100t2mc6: 36.7, 55.3, 39.6, 33.8; G100t2s1mc6: 55.9, 57.6, 41.0, 37.3; G100t2s2mc6: 58.1, 66.8,
+35.6, 37.7 (the random init reads the same as in session 8, on another CPU).
 """
 from __future__ import annotations
 
