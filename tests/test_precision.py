@@ -68,25 +68,37 @@ def test_bf16_autocast_keeps_the_fp32_loss_curve(device):
     assert end_gap < BF16_END_TOL[device], f"last-10-step mean differs by {end_gap:.4f}"
 
 
-def test_official_style_step_does_the_same_work_as_ours():
-    """Same weights, same crops, no drop path: the official-style re-implementation gives our loss,
-    parameters and teacher after three steps (float rounding only), so the bench ratio is fair."""
-    cfg = small_config("fp32", drop_path=0.0)
+def ours_and_official(precision: str, device: str, steps: int, **approx) -> tuple:
+    """Our step and the official-style step from the same weights on the same crops (no drop path),
+    ``steps`` times, each pair of losses checked with ``pytest.approx(**approx)``; returns the run,
+    the official step and the largest parameter move of ours (checked to be > 1e-3)."""
+    cfg = small_config(precision, drop_path=0.0, device=device)
     run = bench.make_run(cfg)
     off = bench.OfficialStep(run)
     crops = bench.random_crops(cfg, run.device)
     start = {k: v.clone() for k, v in run.student_mod.state_dict().items()}
-    for it in range(1, 4):
+    for it in range(1, steps + 1):
         ours = float(train_step(run, crops, it, it)[0])
-        theirs = off.step(crops, it, it)
-        assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-5)
+        assert ours == pytest.approx(off.step(crops, it, it), **approx), f"step {it}"
     moved = max(float((v - start[k]).abs().max()) for k, v in run.student_mod.state_dict().items())
     assert moved > 1e-3
+    return run, off, moved
+
+
+def state_gap(a: dict, b: dict) -> float:
+    """Largest absolute difference between two state dicts of one architecture."""
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def test_official_style_step_does_the_same_work_as_ours():
+    """Same weights, same crops, no drop path: the official-style re-implementation gives our loss,
+    parameters and teacher after three steps (float rounding only), so the bench ratio is fair."""
+    run, off, moved = ours_and_official("fp32", "cpu", 3, rel=1e-5, abs=1e-5)
     for mine, other in ((run.student_mod, off.student), (run.teacher_net, off.teacher)):
         a, b = mine.state_dict(), other.state_dict()
         assert a.keys() == b.keys()
         # float rounding only (AdamW turns rounding-level gradient differences into small steps)
-        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 0.05 * moved
+        assert state_gap(a, b) < 0.05 * moved
     assert torch.allclose(run.loss.center, off.loss.center, atol=1e-6)
 
 
@@ -95,21 +107,10 @@ def test_official_style_step_on_gpu_does_the_same_work_as_ours_in_fp16():
     """On a GPU the official step runs fp16 autocast with a GradScaler; ours in fp16 does the same
     (same scaler, same skipped steps): the bench's GPU ratio compares equal work. fp16 rounds at
     2^-11, and the two sum the loss's view pairs in another order: 1 % on the loss."""
-    cfg = small_config("fp16", drop_path=0.0, device="cuda")
-    run = bench.make_run(cfg)
-    off = bench.OfficialStep(run)
+    run, off, moved = ours_and_official("fp16", "cuda", 5, rel=1e-2)
     assert (run.precision, off.precision) == ("fp16", "fp16")
-    crops = bench.random_crops(cfg, run.device)
-    start = {k: v.clone() for k, v in run.student_mod.state_dict().items()}
-    for it in range(1, 6):
-        ours = float(train_step(run, crops, it, it)[0])
-        theirs = off.step(crops, it, it)
-        assert ours == pytest.approx(theirs, rel=1e-2), f"step {it}"
     assert run.scaler.get_scale() == off.fp16_scaler.get_scale()
-    moved = max(float((v - start[k]).abs().max()) for k, v in run.student_mod.state_dict().items())
-    assert moved > 1e-3
-    a, b = run.student_mod.state_dict(), off.student.state_dict()
-    gap = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    gap = state_gap(run.student_mod.state_dict(), off.student.state_dict())
     assert gap < 0.1 * moved, f"largest parameter gap {gap:.3g} vs largest move {moved:.3g}"
     assert torch.allclose(run.loss.center, off.loss.center, atol=1e-3)
 
