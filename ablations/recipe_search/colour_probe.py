@@ -48,6 +48,17 @@ def hue_labels(cfg: Config, split: str, n: int) -> tuple[torch.Tensor, torch.Ten
     return torch.tensor(obj), torch.tensor(bg)
 
 
+def knn_on_labels(net: torch.nn.Module, train_loader, val_loader,
+                  labels: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """k-NN@20 top-1 of ``net``'s backbone features (train split -> val split) on the shape class and
+    on each extra (train labels, val labels) pair, each label with BINS classes."""
+    cpu = torch.device("cpu")
+    ftr, ytr = extract_features(net.backbone, train_loader, device=cpu)
+    fva, yva = extract_features(net.backbone, val_loader, device=cpu)
+    return {name: knn_classify(ftr, a, fva, b, ks=(20,), num_classes=BINS)["knn20_top1"]
+            for name, (a, b) in {"shape": (ytr, yva), **labels}.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", required=True, help="a shapes variant of explore.yaml, trained by explore.py")
@@ -62,13 +73,9 @@ def main() -> None:
     torch.manual_seed(cfg.train.seed)
     random_init, trained = build_network(cfg, False), build_network(cfg, False)
     trained.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["teacher"])
-    cpu = torch.device("cpu")
+    hues = {"object hue": (labels_tr[0], labels_va[0]), "background hue": (labels_tr[1], labels_va[1])}
     for name, net in (("random init", random_init), ("trained", trained)):
-        ftr, ytr = extract_features(net.backbone, train_loader, device=cpu)
-        fva, yva = extract_features(net.backbone, val_loader, device=cpu)
-        res = {label: knn_classify(ftr, a, fva, b, ks=(20,), num_classes=BINS)["knn20_top1"]
-               for label, a, b in (("shape", ytr, yva), ("object hue", labels_tr[0], labels_va[0]),
-                                   ("background hue", labels_tr[1], labels_va[1]))}
+        res = knn_on_labels(net, train_loader, val_loader, hues)
         print(f"{name}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
 
 

@@ -29,13 +29,13 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 from dino_core.config import Config  # noqa: E402
 from dino_core.data.registry import build_dataset  # noqa: E402
-from dino_core.evaluate.features import extract_features  # noqa: E402
-from dino_core.evaluate.knn import knn_classify  # noqa: E402
 from dino_core.train import build_network  # noqa: E402
 from pipelines.cell import eval_loaders, load_trained  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+from colour_probe import BINS, knn_on_labels  # noqa: E402
+
 RUNS = HERE / "budget" / "runs"
-BINS = 8
 
 
 def image_stats(cfg: Config, split: str, n: int) -> np.ndarray:
@@ -62,9 +62,9 @@ def probe(trials: list[str]) -> None:
     """Print the four k-NN@20 readings for random init and for each trial's teacher."""
     cfgs = {t: Config.from_dict(yaml.safe_load((RUNS / t / "config.yaml").read_text())) for t in trials}
     cfg = cfgs[trials[0]]
-    labels = binned(image_stats(cfg, "train", cfg.data.num_train), image_stats(cfg, "val", cfg.data.num_val))
+    binned_stats = binned(image_stats(cfg, "train", cfg.data.num_train), image_stats(cfg, "val", cfg.data.num_val))
+    labels = dict(zip(("object grey", "background grey", "object area"), binned_stats))
     train_loader, val_loader = eval_loaders(cfg)
-    cpu = torch.device("cpu")
     for name in [None] + trials:
         c = cfgs[name or trials[0]]
         if name is None:
@@ -72,11 +72,7 @@ def probe(trials: list[str]) -> None:
             net = build_network(c, False)
         else:
             net = load_trained(c, RUNS / name)[1]   # the teacher
-        ftr, ytr = extract_features(net.backbone, train_loader, device=cpu)
-        fva, yva = extract_features(net.backbone, val_loader, device=cpu)
-        res = {"shape": knn_classify(ftr, ytr, fva, yva, ks=(20,), num_classes=BINS)["knn20_top1"]}
-        for key, (a, b) in zip(("object grey", "background grey", "object area"), labels):
-            res[key] = knn_classify(ftr, a, fva, b, ks=(20,), num_classes=BINS)["knn20_top1"]
+        res = knn_on_labels(net, train_loader, val_loader, labels)
         print(f"{name or 'random init'}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
 
 
