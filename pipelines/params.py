@@ -30,11 +30,9 @@ def apply_profile(params: dict, root: Path = ROOT) -> dict:
     name = params.get("profile", "default")
     if not isinstance(name, str):
         raise ValueError(f"params.yaml: profile must be a name, got {name!r}")
-    if name == "default":
-        return params
-    path = root / "ablations" / "profiles" / f"{name}.yaml"
+    path = root / "ablations" / "profiles" / f"{name}.yaml"   # default.yaml: the empty diff
     if not path.is_file():
-        allowed = ["default"] + sorted(p.stem for p in (root / "ablations" / "profiles").glob("*.yaml"))
+        allowed = sorted(p.stem for p in (root / "ablations" / "profiles").glob("*.yaml"))
         raise ValueError(f"params.yaml: profile {name!r} not found ({path}); allowed: {allowed}")
     return merge(params, yaml.safe_load(path.read_text()) or {}, str(path))
 

@@ -196,7 +196,7 @@ def test_needs_eval_and_cell_summary(tmp_path):
     assert not store.needs_eval(cell, cfg.replace("eval", knn_temp=0.2))   # nothing to evaluate
 
 
-@pytest.mark.parametrize("profile", ["default"] + sorted(p.stem for p in (PARAMS.parent / "ablations" / "profiles")
+@pytest.mark.parametrize("profile", sorted(p.stem for p in (PARAMS.parent / "ablations" / "profiles")
                                                          .glob("*.yaml")))
 def test_every_profile_resolves_every_study_cell(profile):
     """`dvc exp run -S profile=<p>` must not stop at a study row: every row's diff (K/64 included)
@@ -209,11 +209,12 @@ def test_every_profile_resolves_every_study_cell(profile):
 
 
 def test_learn_profile_is_the_default_recipe_at_the_learning_budget():
-    """README "The learning budget": the `learn` profile changes the teacher temperature and the
-    epochs only, so its measured gains belong to the default recipe, not to other knobs."""
+    """README "The learning budget": the `learn` profile changes the teacher temperature, the
+    global crop scale and the epochs only, so its measured gains belong to the default recipe with
+    these three knobs, not to others."""
     params = load_all(PARAMS)
     default = resolve_profile(params)
     learn = resolve_profile({**params, "profile": "learn"})
     changed = {(s, k): learn[s][k] for s in default for k in default[s] if default[s][k] != learn[s][k]}
-    assert changed == {("loss", "teacher_temp"): 0.02, ("loss", "warmup_teacher_temp"): 0.02,
-                       ("train", "epochs"): 100}
+    assert changed == {("loss", "teacher_temp"): 0.03, ("loss", "warmup_teacher_temp"): 0.03,
+                       ("crops", "global_scale"): [0.5, 1.0], ("train", "epochs"): 100}

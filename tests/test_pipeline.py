@@ -83,7 +83,10 @@ def test_dag_end_to_end_reuse_and_one_cell_change(repo: Path) -> None:
     att = json.loads((repo / "results" / "attention" / "attention.json").read_text())   # shapes has masks
     for key in ("jaccard_best_head", "random_init_jaccard_best_head"):
         assert 0.0 <= att[key] <= 100.0
-    # nothing changed: every stage is up to date, no cell recomputed
+    # nothing this profile reads changed (another profile's file did: each stage depends on
+    # ablations/profiles/${profile}.yaml only): every stage is up to date, no cell recomputed
+    learn = repo / "ablations" / "profiles" / "learn.yaml"
+    learn.write_text(learn.read_text() + "optim: {lr: 0.001}\n")
     t0 = time.time()
     r = _repro(repo)
     assert "didn't change, skipping" in r.stdout or "up to date" in r.stdout

@@ -46,11 +46,14 @@ def config_of(name: str, diff: dict) -> Config:
 
 
 def record_trajectory(name: str, cfg: Config, every: int, out_dir: Path,
-                      knn_fields: Callable[[dict], dict]) -> Path:
+                      knn_fields: Callable[[dict], dict], until: int | None = None) -> Path:
     """Train ``cfg`` into out_dir/runs/<name> with the teacher's k-NN measured at random init
     (``epoch: -1``, same seed) and every ``every`` epochs and the last: one JSON line each (loss /
     ln K, teacher entropy / ln K, KL, and ``knn_fields`` of knn_of's dict) to out_dir/<name>.jsonl,
-    written to a .tmp file and renamed when the run ends. Returns the trajectory file."""
+    written to a .tmp file and renamed when the run ends. ``until``: stop after that many epochs
+    (the schedules stay those of cfg.train.epochs: a screen of the early phase of the full run) and
+    write out_dir/<name>.partial.jsonl instead. Returns the trajectory file."""
+    last = cfg.train.epochs if until is None else min(until, cfg.train.epochs)
     train_loader, val_loader = eval_loaders(cfg)
     cpu = torch.device("cpu")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,18 +64,20 @@ def record_trajectory(name: str, cfg: Config, every: int, out_dir: Path,
         fh.write(json.dumps({"epoch": -1, **knn_fields(knn0)}) + "\n")
         t0 = time.time()
 
-        def on_epoch_end(epoch: int, res: dict, state) -> None:
-            if (epoch + 1) % every and epoch + 1 != cfg.train.epochs:
-                return
+        def on_epoch_end(epoch: int, res: dict, state) -> bool | None:
+            if (epoch + 1) % every and epoch + 1 != last:
+                return None
             knn = knn_of(state.teacher_net.backbone, cfg, train_loader, val_loader, cpu)
             fh.write(json.dumps({"epoch": epoch, "t": round(time.time() - t0, 1), "loss_lnK": res["loss"] / ln_k,
                                  "H_lnK": res["teacher_entropy"] / ln_k, "kl": res["kl"], **knn_fields(knn)}) + "\n")
             fh.flush()
+            return not epoch + 1 == last < cfg.train.epochs   # False: an early stop (dino_core.train)
         run_dir = out_dir / "runs" / name
         shutil.rmtree(run_dir, ignore_errors=True)
         mean, std = NORMALIZATION[cfg.data.dataset]
         train(cfg, run_dir, pretrain_dataset(cfg), mean, std, on_epoch_end=on_epoch_end)
-    return tmp.replace(out_dir / f"{name}.jsonl")   # a trajectory that reads as finished is one
+    final = out_dir / (f"{name}.jsonl" if last == cfg.train.epochs else f"{name}.partial.jsonl")
+    return tmp.replace(final)   # a trajectory that reads as finished is one
 
 
 def run(name: str, diff: dict, knn_every: int, out_dir: Path) -> None:

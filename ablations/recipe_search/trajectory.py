@@ -44,10 +44,11 @@ def trial_sets(name: str) -> list[str]:
     return list(trials[name]["set"])
 
 
-def run(name: str, every: int, out_dir: Path) -> Path:
-    """Train trial ``name`` from params.yaml + its overrides; its lines carry every k-NN k (``knn``)."""
+def run(name: str, every: int, out_dir: Path, until: int | None = None) -> Path:
+    """Train trial ``name`` from params.yaml + its overrides; its lines carry every k-NN k (``knn``).
+    ``until``: stop after that many epochs (budget/<name>.partial.jsonl), a screen of the early phase."""
     cfg = Config.from_dict(build_params(HERE.parents[1] / "params.yaml", trial_sets(name)))
-    return record_trajectory(name, cfg, every, out_dir, lambda k: {"knn": k})
+    return record_trajectory(name, cfg, every, out_dir, lambda k: {"knn": k}, until)
 
 
 def evaluate(name: str, out_dir: Path) -> dict:
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--trial", required=True, help="a name in budget.yaml")
     ap.add_argument("--every", type=int, default=5, help="measure k-NN every this many epochs (and the last)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--until", type=int, help="stop after this many epochs, schedules unchanged (a screen)")
     ap.add_argument("--evaluate", action="store_true", help="evaluate the kept run as a grid cell (no training)")
     args = ap.parse_args()
     try:
@@ -86,7 +88,7 @@ def main() -> None:
                  args.trial, ev["knn20_top1"], ev.get("linear_top1_best", float("nan")), ev["Hmean_over_lnK"],
                  ev.get("prototypes_used"), ev["collapsed"], ev["verdict"])
         return
-    log.info("wrote %s", run(args.trial, args.every, HERE / "budget"))
+    log.info("wrote %s", run(args.trial, args.every, HERE / "budget", args.until))
 
 
 if __name__ == "__main__":

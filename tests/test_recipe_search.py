@@ -1,0 +1,45 @@
+"""The recorded recipe search (ablations/recipe_search/): a trajectory, full and screened (`--until`).
+
+A screen trains the first epochs of a longer schedule and must say so: a `.partial.jsonl` file and
+metrics.json status "stopped"; a run that reaches its last epoch is "ok" with a `.jsonl` file.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dino_core.data.shapes import prepare_shapes
+from helpers import tiny_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ablations" / "recipe_search"))
+from explore import record_trajectory  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "shapes"
+    prepare_shapes(root, num_train=32, num_val=16, image_size=16, seed=0)
+    return root
+
+
+@pytest.mark.parametrize("until, name, epochs_logged, status", [
+    (None, "full.jsonl", [-1, 0, 1, 2], "ok"),
+    (2, "screen.partial.jsonl", [-1, 0, 1], "stopped"),
+])
+def test_trajectory_full_and_screened(tmp_path, shapes_root, until, name, epochs_logged, status):
+    torch.set_num_threads(1)
+    cfg = tiny_config(data={"dataset": "shapes", "root": str(shapes_root), "image_size": 16,
+                            "num_train": 32, "num_val": 16},
+                      train={"epochs": 3}, eval={"knn_k": [5], "batch_size": 16})
+    stem = name.split(".")[0]
+    out = record_trajectory(stem, cfg, 1, tmp_path, lambda k: {"knn5": k["knn5_top1"]}, until)
+    assert out == tmp_path / name and not list(tmp_path.glob("*.tmp"))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == epochs_logged
+    assert all(0.0 <= r["knn5"] <= 100.0 for r in rows)
+    metrics = json.loads((tmp_path / "runs" / stem / "metrics.json").read_text())
+    assert metrics["status"] == status and metrics["final_epoch"] == epochs_logged[-1]
