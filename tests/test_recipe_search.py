@@ -26,12 +26,20 @@ def shapes_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture()
+def one_thread():
+    """2 shared cores: torch's default of 2 threads is far slower than 1 under load."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("until, name, epochs_logged, status", [
     (None, "full.jsonl", [-1, 0, 1, 2], "ok"),
     (2, "screen.partial.jsonl", [-1, 0, 1], "stopped"),
 ])
-def test_trajectory_full_and_screened(tmp_path, shapes_root, until, name, epochs_logged, status):
-    torch.set_num_threads(1)
+def test_trajectory_full_and_screened(tmp_path, shapes_root, one_thread, until, name, epochs_logged, status):
     cfg = tiny_config(data={"dataset": "shapes", "root": str(shapes_root), "image_size": 16,
                             "num_train": 32, "num_val": 16},
                       train={"epochs": 3}, eval={"knn_k": [5], "batch_size": 16})

@@ -14,7 +14,7 @@ seeds 0 and 1 also encode the outline (and the area that goes with it), seed 2 k
 of object and background instead. With 2 + 6 crops (session 9) the failing seed moves:
 G100t2mc6: 36.7, 55.3, 39.6, 33.8; G100t2s1mc6: 55.9, 57.6, 41.0, 37.3; G100t2s2mc6: 58.1, 66.8,
 35.6, 37.7 (the random init reads the same as in session 8, on another CPU). With global crops of
-50-100 % (session 10, the `learn` profile) the failing seeds learn the outline and let the grey go:
+50-100 % (session 10, τt 0.02) the failing seeds learn the outline and let the grey go:
 G100t2s2gs5: 61.1, 41.7, 24.7, 63.4; G100t2s4gs5: 60.5, 49.8, 31.5, 65.0.
 """
 from __future__ import annotations
