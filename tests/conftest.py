@@ -5,8 +5,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def one_thread():
+    """The CI machine has 2 shared cores: one intra-op thread is ~10x faster for these tiny
+    models than two contended ones (and makes the float results thread-count independent)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 # ----- real single-node SLURM (ci/slurm/start.sh) ---------------------------------------------

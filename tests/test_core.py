@@ -29,14 +29,7 @@ from dino_core.vit import build_vit
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI machine has 2 shared cores: one intra-op thread is ~10x faster for these tiny
-    models than two contended ones (and makes the float results thread-count independent)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py
 
 
 def dataset(n: int = 16, size: int = 24, seed: int = 0) -> list:

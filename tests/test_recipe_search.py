@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from dino_core.data.shapes import prepare_shapes
 from helpers import tiny_config
@@ -24,15 +23,6 @@ def shapes_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data") / "shapes"
     prepare_shapes(root, num_train=32, num_val=16, image_size=16, seed=0)
     return root
-
-
-@pytest.fixture()
-def one_thread():
-    """2 shared cores: torch's default of 2 threads is far slower than 1 under load."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("until, name, epochs_logged, status", [

@@ -12,7 +12,6 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-import torch
 import yaml
 from optuna.trial import TrialState
 
@@ -30,13 +29,7 @@ TEMPS = """params:
 """   # 1-epoch trials: the repository space's warm-up range [0, 0.5*epochs] would be empty
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2 shared cores: torch's default of 2 threads is >10x slower than 1 under load."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py
 
 
 @pytest.fixture(scope="module")

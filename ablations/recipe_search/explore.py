@@ -71,7 +71,8 @@ def record_trajectory(name: str, cfg: Config, every: int, out_dir: Path,
             fh.write(json.dumps({"epoch": epoch, "t": round(time.time() - t0, 1), "loss_lnK": res["loss"] / ln_k,
                                  "H_lnK": res["teacher_entropy"] / ln_k, "kl": res["kl"], **knn_fields(knn)}) + "\n")
             fh.flush()
-            return not epoch + 1 == last < cfg.train.epochs   # False: an early stop (dino_core.train)
+            early_stop = last < cfg.train.epochs and epoch + 1 == last
+            return not early_stop   # False ends the training (dino_core.train: status "stopped")
         run_dir = out_dir / "runs" / name
         shutil.rmtree(run_dir, ignore_errors=True)
         mean, std = NORMALIZATION[cfg.data.dataset]
