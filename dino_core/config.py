@@ -88,6 +88,7 @@ class CropsConfig:
     blur_prob: tuple[float, float, float] = spec(0, 1)   # global 1, global 2, local
     blur_radius: tuple[float, float] = spec(0, 100)
     solarize_prob: float = spec(0, 1)      # global 2 only
+    rotation: float = spec(0, 180)         # degrees, per view; 0 = the paper (no rotation)
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,13 @@ class EvalConfig:
     attn_threshold: float = spec(0, 1)
 
 
+# Keys added after runs were stored, each with the value that reproduces those runs. A stored
+# config (a run folder's config.yaml) may lack them: `Config.from_stored` reads it as that value,
+# and the run store's cell hash (pipelines/store.py) leaves such a key out while it holds that
+# value, so cells trained before the key existed keep their identity. params.yaml must give them.
+LATER_KEYS: dict[tuple[str, str], Any] = {("crops", "rotation"): 0}
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig
@@ -158,6 +166,15 @@ class Config:
             raise ValueError(f"{source}: missing section(s) {sorted(missing)}")
         hints = typing.get_type_hints(Config)
         return Config(**{name: build(hints[name], d[name], f"{source}:{name}") for name in sections})
+
+    @staticmethod
+    def from_stored(d: dict, source: str) -> "Config":
+        """A config written by an earlier version: keys it predates (LATER_KEYS) read as off."""
+        d = {name: dict(v) if isinstance(v, dict) else v for name, v in d.items()}
+        for (section, key), value in LATER_KEYS.items():
+            if isinstance(d.get(section), dict):
+                d[section].setdefault(key, value)
+        return Config.from_dict(d, source)
 
 
 def load_params(path: str | Path) -> dict:

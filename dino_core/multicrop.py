@@ -2,7 +2,9 @@
 
 Views, in order: global 1 (blur p=1.0), global 2 (blur p=0.1, solarize p=0.2), then
 ``local_number`` local crops (blur p=0.5). Every crop: bicubic RandomResizedCrop, flip,
-colour jitter (p=0.8, random op order), grayscale (p=0.2), normalise.
+colour jitter (p=0.8, random op order), grayscale (p=0.2), normalise. ``rotation`` > 0 (not in
+the paper; 0 draws nothing) first turns the image by an angle uniform in [-rotation, rotation]
+degrees, per view: the invariance a dataset whose class ignores orientation asks for.
 
 Every random draw comes from a per-sample generator seeded by (seed, epoch, index): the
 views of a sample do not depend on worker count, process count or resume point, which makes
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter, ImageOps
 from torch import Tensor
@@ -21,6 +24,7 @@ from torch.utils.data import Dataset
 from .config import CropsConfig
 
 BICUBIC = TF.InterpolationMode.BICUBIC
+BILINEAR = TF.InterpolationMode.BILINEAR
 
 
 def random_resized_crop_box(rng: random.Random, w: int, h: int, scale: tuple[float, float],
@@ -60,9 +64,20 @@ class MultiCropAugmentation:
                 img = fn(img, rng.uniform(lo, hi))
         return img
 
+    @staticmethod
+    def _rotate(rng: random.Random, img: Image.Image, degrees: float) -> Image.Image:
+        """Turn about the centre; the corners it uncovers take the mean colour of the image's
+        1-px border (the background of a centred object) rather than black."""
+        a = np.asarray(img, dtype=np.float32)
+        border = np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
+        fill = [float(v) for v in border.mean(axis=0).round()]
+        return TF.rotate(img, rng.uniform(-degrees, degrees), BILINEAR, fill=fill)
+
     def _crop(self, rng: random.Random, img: Image.Image, size: int, scale: tuple[float, float],
               blur_p: float, solarize_p: float) -> Tensor:
         cfg = self.cfg
+        if cfg.rotation > 0:
+            img = self._rotate(rng, img, cfg.rotation)
         top, left, h, w = random_resized_crop_box(rng, img.width, img.height, scale)
         img = TF.resized_crop(img, top, left, h, w, [size, size], BICUBIC)
         if rng.random() < cfg.flip_prob:

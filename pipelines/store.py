@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from dino_core.checkpoint import atomic_write_json, atomic_write_text
-from dino_core.config import Config
+from dino_core.config import LATER_KEYS, Config
 
 DONE = "DONE"
 TRAINING_KEYS = ("cell", "status", "ln_k", "wall_time_s")   # what DONE records of the training
@@ -38,11 +38,15 @@ def _digest(obj: object) -> str:
 
 def cell_hash(cfg: Config) -> str:
     """sha256 of the canonical JSON of the training part of the resolved config (the seed is
-    train.seed; no `eval` section, no NEUTRAL key), 16 hex."""
+    train.seed; no `eval` section, no NEUTRAL key, no LATER_KEYS key at its value from before it
+    existed), 16 hex."""
     d = cfg.to_dict()
     d.pop("eval")
     for section, key in NEUTRAL:
         d[section].pop(key)
+    for (section, key), before in LATER_KEYS.items():
+        if d[section][key] == before:
+            d[section].pop(key)
     return _digest(d)
 
 

@@ -2,6 +2,7 @@
 value is checked on load, and each error names the key, the offending value and what is allowed."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 import re
 
@@ -176,6 +177,25 @@ def test_cell_identity_is_training_only_and_eval_key_tracks_the_evaluation():
         assert store.cell_hash(changed) != store.cell_hash(base)
         assert store.eval_key(changed) == store.eval_key(base)
     assert store.cell_hash(base.replace("train", log_every=3)) == store.cell_hash(base)
+
+
+def test_later_keys_keep_stored_runs_and_cell_identities(tmp_path):
+    """A key added after runs were stored (crops.rotation) reads as off in their config.yaml, and
+    while it is off the cells keep the hashes they were trained (and committed) under."""
+    from pipelines import store
+    from pipelines.params import grid_cells
+    base = tiny_config()
+    stored = base.to_dict()
+    del stored["crops"]["rotation"]
+    assert Config.from_stored(stored, "old config.yaml") == base
+    with pytest.raises(ValueError, match="rotation"):   # params.yaml itself must still give it
+        Config.from_dict(stored, "params.yaml")
+    assert store.cell_hash(base.replace("crops", rotation=30.0)) != store.cell_hash(base)
+    # the committed grid (results/grid.csv, trained before crops.rotation existed) keeps its cells
+    committed = {(r["study"], r["row"], int(r["seed"])): r["cell"]
+                 for r in csv.DictReader((PARAMS.parent / "results" / "grid.csv").open())}
+    cells = grid_cells(load_all(PARAMS))
+    assert {(c.study, c.row, c.seed): store.cell_hash(Config.from_dict(c.params)) for c in cells} == committed
 
 
 def test_needs_eval_and_cell_summary(tmp_path):

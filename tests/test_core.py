@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import MEAN, STD, random_images, tiny_config
+from PIL import Image
 from torch import nn
 
 from dino_core.head import DINOHead, MultiCropWrapper, WeightNormLinear
@@ -774,6 +775,31 @@ def test_multicrop_normalisation_and_solarize_only_on_global_2():
     from PIL import ImageOps
     sol = (torch.from_numpy(np.array(ImageOps.solarize(img))).permute(2, 0, 1).float() / 255 - 0.5) / 0.25
     torch.testing.assert_close(views[1], sol, atol=1e-6, rtol=0)
+
+
+def test_rotation_turns_each_view_and_fills_uncovered_corners_with_the_border_colour():
+    """crops.rotation (not in the paper; 0 in params.yaml, which the test above runs): each view is
+    turned by its own angle ~ U(-r, r), the first drawn from the view's rng before anything else;
+    corners the turn uncovers take the border's mean colour (100 here), not black, not the mean."""
+    off = {"global_scale": [1.0, 1.0], "flip_prob": 0.0, "jitter_prob": 0.0, "grayscale_prob": 0.0,
+           "blur_prob": [0.0, 0.0, 0.0], "solarize_prob": 0.0, "local_number": 0, "global_size": 32,
+           "rotation": 180.0}
+    aug = MultiCropAugmentation(tiny_config(crops=off).crops, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    a = np.full((32, 32, 3), 100, np.uint8)
+    a[15:17, 4:28] = 250                      # a horizontal bar through the centre
+    img = Image.fromarray(a)
+    for seed in range(6):
+        angle = random.Random(seed).uniform(-180.0, 180.0)
+        views = [v[0].numpy() * 255 for v in aug(img, random.Random(seed))]
+        ys, xs = np.nonzero(views[0] > 175)
+        dx, dy = xs - xs.mean(), ys - ys.mean()
+        # principal axis of the bar; image y points down, so a counter-clockwise turn reads as -angle
+        axis = 0.5 * np.degrees(np.arctan2(2 * (dx * dy).mean(), (dx * dx).mean() - (dy * dy).mean()))
+        assert abs((axis + angle + 90) % 180 - 90) < 4, (seed, axis, angle)
+        assert abs(len(xs) - 48) <= 12          # the bar is turned, not cut (2 x 24 px)
+        if 20 < abs(angle) % 90 < 70:             # the corner came from outside the image
+            assert views[0][0, 0] == pytest.approx(100, abs=0.5)
+        assert not np.allclose(views[0], views[1])   # each view its own angle
 
 
 def test_random_resized_crop_box_constraints():

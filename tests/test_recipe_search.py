@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from dino_core.config import Config
 from dino_core.data.shapes import prepare_shapes
-from helpers import tiny_config
+from helpers import PARAMS, tiny_config
+from pipelines.pretrain import build_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ablations" / "recipe_search"))
 from explore import record_trajectory  # noqa: E402
@@ -41,3 +44,22 @@ def test_trajectory_full_and_screened(tmp_path, shapes_root, one_thread, until, 
     assert all(0.0 <= r["knn5"] <= 100.0 for r in rows)
     metrics = json.loads((tmp_path / "runs" / stem / "metrics.json").read_text())
     assert metrics["status"] == status and metrics["final_epoch"] == epochs_logged[-1]
+
+
+def test_every_recorded_trial_still_resolves():
+    """The search behind the recipe is reproducible from its records: every explore.yaml variant
+    (a diff over explore_base.yaml, a params.yaml of session 1) and every budget.yaml trial (`set`
+    over today's params.yaml) gives a valid config, however many keys params.yaml gained since."""
+    from explore import config_of, load_variants
+    from trajectory import trial_sets
+
+    variants = load_variants()
+    assert len(variants) >= 20
+    for name, variant in variants.items():
+        config_of(name, variant["diff"])
+    trials = yaml.safe_load((Path(__file__).resolve().parents[1] / "ablations" / "recipe_search"
+                             / "budget.yaml").read_text())["trials"]
+    assert len(trials) >= 100 and len({t["name"] for t in trials}) == len(trials)
+    for trial in trials:
+        cfg = Config.from_dict(build_params(PARAMS, trial_sets(trial["name"])))
+        assert cfg.train.epochs >= 1

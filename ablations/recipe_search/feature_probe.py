@@ -41,7 +41,7 @@ def probe(cell: Path, params_path: Path = ROOT / "params.yaml") -> dict[str, flo
     run = yaml.safe_load((cell / "config.yaml").read_text())
     current = resolve_profile(load_all(params_path))
     run["eval"], run["data"]["num_val"] = current["eval"], current["data"]["num_val"]
-    cfg = Config.from_dict(run, source=str(cell / "config.yaml"))
+    cfg = Config.from_stored(run, str(cell / "config.yaml"))
     train_loader, val_loader = eval_loaders(cfg)
     student, teacher, _ = load_trained(cfg, cell)
     torch.manual_seed(cfg.train.seed)

@@ -15,7 +15,10 @@ of object and background instead. With 2 + 6 crops (session 9) the failing seed 
 G100t2mc6: 36.7, 55.3, 39.6, 33.8; G100t2s1mc6: 55.9, 57.6, 41.0, 37.3; G100t2s2mc6: 58.1, 66.8,
 35.6, 37.7 (the random init reads the same as in session 8, on another CPU). With global crops of
 50-100 % (session 10, τt 0.02) the failing seeds learn the outline and let the grey go:
-G100t2s2gs5: 61.1, 41.7, 24.7, 63.4; G100t2s4gs5: 60.5, 49.8, 31.5, 65.0.
+G100t2s2gs5: 61.1, 41.7, 24.7, 63.4; G100t2s4gs5: 60.5, 49.8, 31.5, 65.0. Session 11 (τt 0.03,
+seed 0): G100t3gs5 58.0, 51.0, 28.7, 64.7; with each view turned at random (crops.rotation 180)
+G100t3gs5r180 56.7, 54.4, 30.5, 67.2; with the paper's teacher momentum 0.996 G100t3gs5m996 60.5,
+55.9, 26.2, 65.3: the area and the object's grey, which both views share, stay encoded throughout.
 """
 from __future__ import annotations
 
@@ -62,7 +65,7 @@ def binned(train: np.ndarray, val: np.ndarray) -> list[tuple[torch.Tensor, torch
 
 def probe(trials: list[str]) -> None:
     """Print the four k-NN@20 readings for random init and for each trial's teacher."""
-    cfgs = {t: Config.from_dict(yaml.safe_load((RUNS / t / "config.yaml").read_text())) for t in trials}
+    cfgs = {t: Config.from_stored(yaml.safe_load((RUNS / t / "config.yaml").read_text()), t) for t in trials}
     cfg = cfgs[trials[0]]
     binned_stats = binned(image_stats(cfg, "train", cfg.data.num_train), image_stats(cfg, "val", cfg.data.num_val))
     labels = dict(zip(("object grey", "background grey", "object area"), binned_stats))

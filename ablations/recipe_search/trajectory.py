@@ -57,7 +57,7 @@ def evaluate(name: str, out_dir: Path) -> dict:
     cell = out_dir / "runs" / name
     if not (cell / "metrics.json").is_file():   # written when the training ends
         raise FileNotFoundError(f"{cell} holds no finished run: train it first (--trial {name})")
-    cfg = Config.from_dict(yaml.safe_load((cell / "config.yaml").read_text()))
+    cfg = Config.from_stored(yaml.safe_load((cell / "config.yaml").read_text()), str(cell / "config.yaml"))
     ev = evaluate_cell(cfg, cell)
     collapsed, why = collapse_verdict(ev, cfg.head.out_dim, cfg.model.embed_dim)
     return {**ev, "collapsed": collapsed, "verdict": why,
