@@ -179,7 +179,7 @@ def test_cell_identity_is_training_only_and_eval_key_tracks_the_evaluation():
     assert store.cell_hash(base.replace("train", log_every=3)) == store.cell_hash(base)
 
 
-def test_later_keys_keep_stored_runs_and_cell_identities(tmp_path):
+def test_later_keys_keep_stored_runs_and_cell_identities():
     """A key added after runs were stored (crops.rotation) reads as off in their config.yaml, and
     while it is off the cells keep the hashes they were trained (and committed) under."""
     from pipelines import store
