@@ -51,15 +51,16 @@ def test_every_recorded_trial_still_resolves():
     (a diff over explore_base.yaml, a params.yaml of session 1) and every budget.yaml trial (`set`
     over today's params.yaml) gives a valid config, however many keys params.yaml gained since."""
     from explore import config_of, load_variants
-    from trajectory import trial_sets
+    from trajectory import load_trials
 
     variants = load_variants()
     assert len(variants) >= 20
     for name, variant in variants.items():
         config_of(name, variant["diff"])
-    trials = yaml.safe_load((Path(__file__).resolve().parents[1] / "ablations" / "recipe_search"
-                             / "budget.yaml").read_text())["trials"]
-    assert len(trials) >= 100 and len({t["name"] for t in trials}) == len(trials)
-    for trial in trials:
-        cfg = Config.from_dict(build_params(PARAMS, trial_sets(trial["name"])))
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "ablations" / "recipe_search"
+                          / "budget.yaml").read_text())["trials"]
+    trials = load_trials()
+    assert len(trials) >= 100 and len(trials) == len(raw)   # names are unique
+    for trial in trials.values():
+        cfg = Config.from_dict(build_params(PARAMS, list(trial["set"])))
         assert cfg.train.epochs >= 1

@@ -42,8 +42,8 @@ def load_variants() -> dict[str, dict]:
 def config_of(name: str, diff: dict) -> Config:
     """The resolved config of a variant: its diff over explore_base.yaml (params.yaml of ccad37b:
     keys added since read as off, Config.from_stored)."""
-    base = yaml.safe_load((HERE / "explore_base.yaml").read_text())
-    return Config.from_stored(apply_diff(base, diff, f"explore.yaml variant {name}"), f"explore.yaml variant {name}")
+    base, where = yaml.safe_load((HERE / "explore_base.yaml").read_text()), f"explore.yaml variant {name}"
+    return Config.from_stored(apply_diff(base, diff, where), where)
 
 
 def record_trajectory(name: str, cfg: Config, every: int, out_dir: Path,

@@ -36,9 +36,14 @@ from pipelines.cell import evaluate_cell  # noqa: E402
 from pipelines.pretrain import build_params  # noqa: E402
 
 
+def load_trials() -> dict[str, dict]:
+    """budget.yaml's trials by name."""
+    return {t["name"]: t for t in yaml.safe_load((HERE / "budget.yaml").read_text())["trials"]}
+
+
 def trial_sets(name: str) -> list[str]:
     """The ``set`` overrides of trial ``name`` in budget.yaml."""
-    trials = {t["name"]: t for t in yaml.safe_load((HERE / "budget.yaml").read_text())["trials"]}
+    trials = load_trials()
     if name not in trials:
         raise KeyError(f"budget.yaml has no trial {name!r} (known: {sorted(trials)})")
     return list(trials[name]["set"])
