@@ -6,7 +6,8 @@
 # 2. bench: vit-s16 (ViT-S/16, 2 x 224 + 10 x 96 crops, batch 64, K 65536) and cpu-toy, ours in
 #    bf16 against the official-style step (explicit attention, fp16 + GradScaler, python loops),
 #    separately and in alternating pairs; k-NN 50,000 x 1,000,000 (dim 384);
-# 3. learn: a smoke run of training, the `learn` profile on Fashion-MNIST (6,200 steps, bf16),
+# 3. learn: a smoke run of training, the default profile (the learning budget) on Fashion-MNIST
+#    (200 epochs, 12,400 steps, bf16),
 #    trained and evaluated as a grid cell (k-NN, linear probe, collapse metrics, attention);
 # 4. ddp: the same entry point under torchrun (NCCL, SyncBatchNorm in the head), 2 epochs;
 # 5. compile: torch.compile'd student and teacher on vit-s16 (compile time reported apart).
@@ -48,7 +49,7 @@ $py -c "import sys, torch, torchvision; print('python', sys.version.split()[0], 
 part tests 90 $py -m pytest -q -p no:cacheprovider tests/test_precision.py -k "cuda or gpu"
 part bench 200 $py -m pipelines.bench --configs vit-s16,cpu-toy --precisions bf16 --device cuda \
   --steps 20 --warmup 5 --paired 10 --knn-full --no-data --out "$out/bench.json"
-part learn 240 $py -m pipelines.pretrain --out "$out/runs/learn" --set profile=learn \
+part learn 480 $py -m pipelines.pretrain --out "$out/runs/learn" --set profile=default \
   --set data.root="$fmnist" --set data.num_workers=8 --set train.device=cuda
 part ddp 60 $py -m torch.distributed.run --standalone --nproc_per_node=1 -m pipelines.pretrain \
   --out "$out/runs/ddp" --set data.root="$fmnist" --set train.epochs=2 --set train.device=cuda

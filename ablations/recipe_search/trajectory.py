@@ -3,8 +3,10 @@
     python ablations/recipe_search/trajectory.py --trial S20gs6t2 [--every 5] [--threads 1]
     python ablations/recipe_search/trajectory.py --trial D100t2 --evaluate   # the kept run, as a grid cell
 
-The trial's ``set`` list (budget.yaml, beside this file) is applied to params.yaml exactly as
-``python -m pipelines.pretrain --set ...`` does (profile first, then the overrides); the run is the
+The trial's ``set`` list (budget.yaml, beside this file) is applied to budget_base.yaml (params.yaml
+as it stood until session 11, when its values were today's quick profile; frozen so that the recorded
+trials keep their meaning) exactly as ``python -m pipelines.pretrain --params budget_base.yaml --set
+...`` does (profile first, then the overrides); the run is the
 same training, with the teacher's weighted k-NN (eval.knn_k, eval.knn_temp) measured before the
 first step (``epoch: -1``, the random-init network of the same seed) and after every ``--every``
 epochs and the last. One JSON line per measurement, with loss / ln K, teacher entropy / ln K and
@@ -50,9 +52,9 @@ def trial_sets(name: str) -> list[str]:
 
 
 def run(name: str, every: int, out_dir: Path, until: int | None = None) -> Path:
-    """Train trial ``name`` from params.yaml + its overrides; its lines carry every k-NN k (``knn``).
+    """Train trial ``name`` from budget_base.yaml + its overrides; its lines carry every k-NN k (``knn``).
     ``until``: stop after that many epochs (budget/<name>.partial.jsonl), a screen of the early phase."""
-    cfg = Config.from_dict(build_params(HERE.parents[1] / "params.yaml", trial_sets(name)))
+    cfg = Config.from_dict(build_params(HERE / "budget_base.yaml", trial_sets(name)))
     return record_trajectory(name, cfg, every, out_dir, lambda k: {"knn": k}, until)
 
 
