@@ -10,7 +10,7 @@ import pytest
 from helpers import CORE_SECTIONS, PARAMS, tiny_config
 
 from dino_core.config import Config, load_params, merge
-from pipelines.params import apply_profile, grid_cells, load_all, load_study, resolve_profile
+from pipelines.params import apply_profile, grid_cells, load_all, load_study
 
 
 def core_params() -> dict:
@@ -226,24 +226,3 @@ def test_every_profile_resolves_every_study_cell(profile):
     grid = apply_profile(params)["grid"]
     cells = grid_cells(params)   # validates every cell's config (raises on the first bad one)
     assert len(cells) == sum(len(load_study(s)["rows"]) for s in grid["studies"]) * len(grid["seeds"])
-
-
-def test_quick_profile_is_the_recipe_the_committed_grid_ran():
-    """README "Small data and CPU": params.yaml holds the learning recipe (200 epochs); the `quick`
-    profile that the committed results/ ran at changes five knobs only, back to the 20-epoch recipe
-    of sessions 1-11 (the frozen base of the budget.yaml trials), and the default profile equals
-    trial D200t3gs5m996 of that base, so the recorded measurements belong to these configs."""
-    import sys
-    sys.path.insert(0, str(PARAMS.parent / "ablations" / "recipe_search"))
-    from pipelines.pretrain import build_params
-    from trajectory import HERE, trial_sets
-    params = load_all(PARAMS)
-    assert params["profile"] == "quick"
-    default = resolve_profile({**params, "profile": "default"})
-    quick = resolve_profile(params)
-    changed = {(s, k): quick[s][k] for s in default for k in default[s] if default[s][k] != quick[s][k]}
-    assert changed == {("loss", "teacher_temp"): 0.04, ("loss", "warmup_teacher_temp"): 0.04,
-                       ("teacher", "momentum"): 0.99, ("crops", "global_scale"): [0.25, 1.0],
-                       ("train", "epochs"): 20}
-    assert quick == resolve_profile(load_all(HERE / "budget_base.yaml"))
-    assert default == build_params(HERE / "budget_base.yaml", trial_sets("D200t3gs5m996"))

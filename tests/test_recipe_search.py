@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dino_core.config import Config
 from dino_core.data.shapes import prepare_shapes
 from helpers import PARAMS, tiny_config
+from pipelines.params import load_all, resolve_profile
 from pipelines.pretrain import build_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ablations" / "recipe_search"))
@@ -49,9 +49,10 @@ def test_trajectory_full_and_screened(tmp_path, shapes_root, one_thread, until, 
 def test_every_recorded_trial_still_resolves():
     """The search behind the recipe is reproducible from its records: every explore.yaml variant
     (a diff over explore_base.yaml, a params.yaml of session 1) and every budget.yaml trial (`set`
-    over today's params.yaml) gives a valid config, however many keys params.yaml gained since."""
+    over budget_base.yaml, as trajectory.py runs it) gives a valid config, however many keys
+    dino_core's schema gained since."""
     from explore import config_of, load_variants
-    from trajectory import load_trials
+    from trajectory import load_trials, trial_config
 
     variants = load_variants()
     assert len(variants) >= 20
@@ -62,5 +63,22 @@ def test_every_recorded_trial_still_resolves():
     trials = load_trials()
     assert len(trials) >= 100 and len(trials) == len(raw)   # names are unique
     for trial in trials.values():
-        cfg = Config.from_dict(build_params(PARAMS, list(trial["set"])))
-        assert cfg.train.epochs >= 1
+        assert trial_config(list(trial["set"])).train.epochs >= 1
+
+
+def test_quick_profile_is_the_recipe_the_committed_grid_ran():
+    """README "Small data and CPU": params.yaml holds the learning recipe (200 epochs); the `quick`
+    profile that the committed results/ ran at changes five knobs only, back to the 20-epoch recipe
+    of sessions 1-11 (the frozen base of the budget.yaml trials), and the default profile equals
+    trial D200t3gs5m996 of that base, so the recorded measurements belong to these configs."""
+    from trajectory import BASE, trial_sets
+    params = load_all(PARAMS)
+    assert params["profile"] == "quick"
+    default = resolve_profile({**params, "profile": "default"})
+    quick = resolve_profile(params)
+    changed = {(s, k): quick[s][k] for s in default for k in default[s] if default[s][k] != quick[s][k]}
+    assert changed == {("loss", "teacher_temp"): 0.04, ("loss", "warmup_teacher_temp"): 0.04,
+                       ("teacher", "momentum"): 0.99, ("crops", "global_scale"): [0.25, 1.0],
+                       ("train", "epochs"): 20}
+    assert quick == resolve_profile(load_all(BASE))
+    assert default == build_params(BASE, trial_sets("D200t3gs5m996"))

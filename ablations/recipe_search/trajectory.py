@@ -29,6 +29,7 @@ import torch
 import yaml
 
 HERE = Path(__file__).resolve().parent
+BASE = HERE / "budget_base.yaml"   # the params every trial's `set` list applies to (module doc)
 sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
 
 from dino_core.config import Config  # noqa: E402
@@ -51,10 +52,15 @@ def trial_sets(name: str) -> list[str]:
     return list(trials[name]["set"])
 
 
+def trial_config(sets: list[str]) -> Config:
+    """The resolved config of a trial's ``set`` list over BASE (profile first, then the overrides)."""
+    return Config.from_dict(build_params(BASE, sets))
+
+
 def run(name: str, every: int, out_dir: Path, until: int | None = None) -> Path:
     """Train trial ``name`` from budget_base.yaml + its overrides; its lines carry every k-NN k (``knn``).
     ``until``: stop after that many epochs (budget/<name>.partial.jsonl), a screen of the early phase."""
-    cfg = Config.from_dict(build_params(HERE / "budget_base.yaml", trial_sets(name)))
+    cfg = trial_config(trial_sets(name))
     return record_trajectory(name, cfg, every, out_dir, lambda k: {"knn": k}, until)
 
 
