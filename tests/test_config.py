@@ -216,8 +216,10 @@ def test_needs_eval_and_cell_summary(tmp_path):
     assert not store.needs_eval(cell, cfg.replace("eval", knn_temp=0.2))   # nothing to evaluate
 
 
-@pytest.mark.parametrize("profile", sorted(p.stem for p in (PARAMS.parent / "ablations" / "profiles")
-                                                         .glob("*.yaml")))
+PROFILES = sorted(p.stem for p in (PARAMS.parent / "ablations" / "profiles").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
 def test_every_profile_resolves_every_study_cell(profile):
     """`dvc exp run -S profile=<p>` must not stop at a study row: every row's diff (K/64 included)
     gives a valid config under every profile (the tiny profile's K = 64 once made K/64 = 1)."""

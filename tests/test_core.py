@@ -970,7 +970,7 @@ def test_collapse_directions_through_the_train_loop(tmp_path):
     # the Fig. 7 signatures with the real ViT, head and loop, 3 epochs x 8 steps on random images.
     # Measured (teacher entropy / ln K per epoch):
     #   paper head (no BatchNorm): both 0.25 0.58 0.83 | no centering 0.14 0.11 0.10 | no sharpening 0.69 0.92 0.97
-    #   BatchNorm head (the CPU default): both 0.23 0.25 0.27 | no centering 0.21 0.21 0.24 | no sharpening 0.61 0.63 0.64
+    #   BatchNorm head (quick, shapes): both 0.23 0.25 0.27 | no centering 0.21 0.21 0.24 | no sharpening 0.61 0.63 0.64
     # Without BatchNorm one prototype wins without centering (entropy -> 0) and the teacher is
     # uniform without sharpening (-> ln K). BatchNorm in the head removes the batch mean of the
     # hidden features (a centering of its own): no-centering no longer separates at this budget,

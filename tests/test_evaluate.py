@@ -193,7 +193,6 @@ def test_collapse_metrics_runs_networks():
     assert onehot["prototypes_used"] == 1 and onehot["collapsed"] and "one-hot" in onehot["collapse_reason"]
 
 
-
 # --------------------------------------------------------------------------------------- attention
 def test_mass_mask_hand_examples():
     # Sorted descending .5, .2, .15, .1, .05: mass before each .0, .5, .7, ... -> keep .5 and .2 (70% >= 60%);
@@ -389,7 +388,8 @@ def test_eval_checkpoint_cli_ours_and_official(vits_files, tmp_path, caplog):
         assert eval_checkpoint_main([*argv, "--out", str(tmp_path / "bad.json"), *common]) == 1
         assert message in caplog.text
     with pytest.raises(SystemExit):   # a bad parameter stops before any file is read
-        eval_checkpoint_main([str(tmp_path / "ours.pth"), "--out", str(tmp_path / "bad.json"), *common, "--set", "model.arch=x"])
+        eval_checkpoint_main([str(tmp_path / "ours.pth"), "--out", str(tmp_path / "bad.json"), *common,
+                              "--set", "model.arch=x"])
     assert not (tmp_path / "bad.json").exists()
 
 

@@ -66,11 +66,12 @@ def test_every_recorded_trial_still_resolves():
         assert trial_config(list(trial["set"])).train.epochs >= 1
 
 
-def test_quick_profile_is_the_recipe_the_committed_grid_ran():
-    """README "Small data and CPU": params.yaml holds the learning recipe (200 epochs); the `quick`
-    profile that the committed results/ ran at changes five knobs only, back to the 20-epoch recipe
-    of sessions 1-11 (the frozen base of the budget.yaml trials), and the default profile equals
-    trial D200t3gs5m996 of that base, so the recorded measurements belong to these configs."""
+def test_profiles_are_the_recipes_their_trials_measured():
+    """README "Small data and CPU": params.yaml holds the learning recipe (200 epochs, the official
+    head); the `quick` profile that the committed results/ ran at changes six knobs only, back to
+    the 20-epoch BatchNorm-head recipe of sessions 1-11 (the frozen base of the budget.yaml trials);
+    the default profile equals trial D200nobn and the shapes profile trial G200t3gs5m996 (its data
+    root aside), so the recorded measurements belong to these configs."""
     from trajectory import BASE, trial_sets
     params = load_all(PARAMS)
     assert params["profile"] == "quick"
@@ -79,6 +80,10 @@ def test_quick_profile_is_the_recipe_the_committed_grid_ran():
     changed = {(s, k): quick[s][k] for s in default for k in default[s] if default[s][k] != quick[s][k]}
     assert changed == {("loss", "teacher_temp"): 0.04, ("loss", "warmup_teacher_temp"): 0.04,
                        ("teacher", "momentum"): 0.99, ("crops", "global_scale"): [0.25, 1.0],
-                       ("train", "epochs"): 20}
+                       ("head", "use_bn"): True, ("train", "epochs"): 20}
     assert quick == resolve_profile(load_all(BASE))
-    assert default == build_params(BASE, trial_sets("D200t3gs5m996"))
+    assert default == build_params(BASE, trial_sets("D200nobn"))
+    shapes = resolve_profile({**params, "profile": "shapes"})
+    measured = build_params(BASE, trial_sets("G200t3gs5m996"))
+    assert measured["data"].pop("root") == "data/prototypes/shapes_v3"
+    assert shapes["data"].pop("root") == "data/prepared/shapes" and shapes == measured
