@@ -87,3 +87,26 @@ def test_profiles_are_the_recipes_their_trials_measured():
     measured = build_params(BASE, trial_sets("G200t3gs5m996"))
     assert measured["data"].pop("root") == "data/prototypes/shapes_v3"
     assert shapes["data"].pop("root") == "data/prepared/shapes" and shapes == measured
+
+
+def test_bank_probe_reads_a_run_with_its_own_bank_as_the_run_did(tmp_path, shapes_root, one_thread):
+    """bank_probe.py (README "Small data and CPU", session 14): with the run's own root and images as
+    the bank it gives the k-NN the run's trajectory logged at its last epoch and the raw-pixel k-NN of
+    pipelines.baselines; a smaller bank (the first images of the split) is a different classifier."""
+    from bank_probe import probe
+    from pipelines.baselines import raw_pixels
+
+    cfg = tiny_config(data={"dataset": "shapes", "root": str(shapes_root), "image_size": 16,
+                            "num_train": 32, "num_val": 16},
+                      train={"epochs": 2}, eval={"knn_k": [5], "batch_size": 16})
+    out = record_trajectory("probed", cfg, 1, tmp_path, lambda k: {"knn5": k["knn5_top1"]})
+    last = json.loads(out.read_text().splitlines()[-1])
+    own = probe(tmp_path / "runs" / "probed", str(shapes_root), 32)
+    assert own["knn5_top1"] == last["knn5"] and own["pretrain_images"] == own["bank_images"] == 32
+    assert own["raw_pixels_knn5_top1"] == raw_pixels(cfg, linear=False)["knn5_top1"]
+    small = probe(tmp_path / "runs" / "probed", str(shapes_root), 8)
+    few = tiny_config(data={"dataset": "shapes", "root": str(shapes_root), "image_size": 16,
+                            "num_train": 8, "num_val": 16}, eval={"knn_k": [5], "batch_size": 16})
+    assert small["raw_pixels_knn5_top1"] == raw_pixels(few, linear=False)["knn5_top1"]
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        probe(tmp_path / "runs" / "missing", str(shapes_root), 32)
