@@ -92,7 +92,8 @@ def test_profiles_are_the_recipes_their_trials_measured():
 def test_bank_probe_reads_a_run_with_its_own_bank_as_the_run_did(tmp_path, shapes_root, one_thread):
     """bank_probe.py (README "Small data and CPU", session 14): with the run's own root and images as
     the bank it gives the k-NN the run's trajectory logged at its last epoch and the raw-pixel k-NN of
-    pipelines.baselines; a smaller bank (the first images of the split) is a different classifier."""
+    pipelines.baselines; a smaller bank is the first images of the split (its raw-pixel k-NN is that of
+    a config with that many images)."""
     from bank_probe import probe
     from pipelines.baselines import raw_pixels
 
