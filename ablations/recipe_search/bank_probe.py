@@ -57,6 +57,10 @@ def main() -> None:
     ap.add_argument("--root", required=True, help="the data root whose train split is the k-NN bank")
     ap.add_argument("--num-train", type=int, required=True, help="images of the bank (the first of the split)")
     args = ap.parse_args()
+    if args.num_train < 0:
+        ap.error(f"--num-train must be >= 0 (0 = the whole train split of --root), got {args.num_train}")
+    if not Path(args.root).is_dir():
+        ap.error(f"--root {args.root} is not a directory (a prepared data root, e.g. data/prototypes/shapes_v3)")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     for name in args.trials:
