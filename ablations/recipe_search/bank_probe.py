@@ -25,22 +25,19 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
+sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
 
-from dino_core.config import Config  # noqa: E402
 from pipelines.baselines import raw_pixels  # noqa: E402
 from pipelines.cell import eval_loaders, knn_of, load_trained  # noqa: E402
+from trajectory import kept_config  # noqa: E402
 
 
 def probe(cell: Path, root: str, num_train: int) -> dict:
     """k-NN of the teacher backbone of the finished run ``cell`` and of raw pixels with the bank ``root``
     (its first ``num_train`` training images) against the val split of the run's own config."""
-    if not (cell / "metrics.json").is_file():
-        raise FileNotFoundError(f"{cell} holds no finished run: train it first (trajectory.py --trial {cell.name})")
-    cfg = Config.from_stored(yaml.safe_load((cell / "config.yaml").read_text()), str(cell / "config.yaml"))
+    cfg = kept_config(cell)
     bank = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=root, num_train=num_train))
     _, teacher, _ = load_trained(cfg, cell)
     train_loader, val_loader = eval_loaders(bank)

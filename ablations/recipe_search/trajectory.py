@@ -64,13 +64,19 @@ def run(name: str, every: int, out_dir: Path, until: int | None = None) -> Path:
     return record_trajectory(name, cfg, every, out_dir, lambda k: {"knn": k}, until)
 
 
+def kept_config(cell: Path) -> Config:
+    """The config of the finished run kept in ``cell`` (a trial's budget/runs/<name>); FileNotFoundError
+    while it holds no finished run."""
+    if not (cell / "metrics.json").is_file():   # written when the training ends
+        raise FileNotFoundError(f"{cell} holds no finished run: train it first (trajectory.py --trial {cell.name})")
+    return Config.from_stored(yaml.safe_load((cell / "config.yaml").read_text()), str(cell / "config.yaml"))
+
+
 def evaluate(name: str, out_dir: Path) -> dict:
     """The grid's evaluation of the kept run ``out_dir/runs/<name>`` (writes its eval.json) and the
     collapse verdict."""
     cell = out_dir / "runs" / name
-    if not (cell / "metrics.json").is_file():   # written when the training ends
-        raise FileNotFoundError(f"{cell} holds no finished run: train it first (--trial {name})")
-    cfg = Config.from_stored(yaml.safe_load((cell / "config.yaml").read_text()), str(cell / "config.yaml"))
+    cfg = kept_config(cell)
     ev = evaluate_cell(cfg, cell)
     collapsed, why = collapse_verdict(ev, cfg.head.out_dim, cfg.model.embed_dim)
     return {**ev, "collapsed": collapsed, "verdict": why,
