@@ -68,7 +68,9 @@ def record_trajectory(name: str, cfg: Config, every: int, out_dir: Path,
         def on_epoch_end(epoch: int, res: dict, state) -> bool | None:
             if (epoch + 1) % every and epoch + 1 != last:
                 return None
-            knn = knn_of(state.teacher_net.backbone, cfg, train_loader, val_loader, cpu)
+            # on the teacher's own device: extract_features moves the model to the device it is given
+            dev = next(state.teacher_net.backbone.parameters()).device
+            knn = knn_of(state.teacher_net.backbone, cfg, train_loader, val_loader, dev)
             fh.write(json.dumps({"epoch": epoch, "t": round(time.time() - t0, 1), "loss_lnK": res["loss"] / ln_k,
                                  "H_lnK": res["teacher_entropy"] / ln_k, "kl": res["kl"], **knn_fields(knn)}) + "\n")
             fh.flush()
