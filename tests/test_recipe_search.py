@@ -70,7 +70,7 @@ def test_profiles_are_the_recipes_their_trials_measured():
     """README "Small data and CPU": params.yaml holds the learning recipe (200 epochs, the official
     head); the `quick` profile that the committed results/ ran at changes six knobs only, back to
     the 20-epoch BatchNorm-head recipe of sessions 1-11 (the frozen base of the budget.yaml trials);
-    the default profile equals trial D200nobn and the shapes profile trial G200t3gs5m996 (its data
+    the default profile equals trial D200nobn and the shapes profile trial G200b64mc6 (its data
     root aside), so the recorded measurements belong to these configs."""
     from trajectory import BASE, trial_sets
     params = load_all(PARAMS)
@@ -84,7 +84,7 @@ def test_profiles_are_the_recipes_their_trials_measured():
     assert quick == resolve_profile(load_all(BASE))
     assert default == build_params(BASE, trial_sets("D200nobn"))
     shapes = resolve_profile({**params, "profile": "shapes"})
-    measured = build_params(BASE, trial_sets("G200t3gs5m996"))
+    measured = build_params(BASE, trial_sets("G200b64mc6"))
     assert measured["data"].pop("root") == "data/prototypes/shapes_v3"
     assert shapes["data"].pop("root") == "data/prepared/shapes" and shapes == measured
 

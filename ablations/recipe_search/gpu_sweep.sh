@@ -19,7 +19,7 @@ trials=${GPU_SWEEP_TRIALS:-"HG200:100:20 HG200b64::20 HG200b64s64p16::20 HG200b6
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
   $py -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__,
-'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"; nproc; } 2>&1 | tee "$out/logs/machine.txt"
+'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"; echo "cpus $(nproc --all)"; } 2>&1 | tee "$out/logs/machine.txt"
 for spec in "shapes_v3 32" "shapes_v3_64 64"; do
   set -- $spec
   $py -m pipelines.prepare --dataset shapes --root "data/prototypes/$1" --num-train 2000 --num-val 1000 \

@@ -4,7 +4,9 @@ the k-NN of a DINO cell with the same architecture, augmentation, optimiser and 
     python ablations/recipe_search/supervised_bound.py --name shapes_v3 --set profile=shapes
 
 With ``--name`` the result goes to ``supervised/<name>.json`` beside this file (written to a .tmp
-file, then renamed), else to stdout. Each committed JSON holds its ``--set`` list.
+file, then renamed), else to stdout. Each committed JSON holds its ``--set`` list, resolved with the
+profile of its day: shapes_v3_e100.json ran the shapes profile of session 14 (2 crops, batch 32; add
+``--set crops.local_number=0 --set optim.batch_size=32`` to repeat it).
 
 The config is params.yaml with its profile and the --set overrides, as for ``pipelines.pretrain``. The
 student backbone of that config plus a linear classifier on its CLS token are trained with
