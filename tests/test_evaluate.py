@@ -396,7 +396,7 @@ def test_eval_checkpoint_cli_ours_and_official(vits_files, tmp_path, caplog):
 # ------------------------------------------------------------- a short pre-training learns the shape class
 def test_short_pretraining_on_shapes_is_clearly_above_chance(tmp_path):
     """Five epochs of the quick recipe on 2,000 shapes images (310 steps; the shapes profile over
-    budget_base.yaml as the budget.yaml trials G5* ran it, with 2 crops at batch 32),
+    budget_base.yaml as the budget.yaml trials G5* ran it: profile shapes_2crop),
     evaluated by the evaluation entry point: k-NN@20 of the teacher on the 1,000 val images is far
     above chance (12.5 %) and above the same ViT at random init. Measured (budget.yaml G5, G5s1,
     G5s2): 27.8 / 27.0 / 28.4 % for seeds 0 / 1 / 2 against 24.6 / 23.4 / 25.6 % at random init
@@ -404,8 +404,7 @@ def test_short_pretraining_on_shapes_is_clearly_above_chance(tmp_path):
     root = tmp_path / "shapes"
     prepare_shapes(root, num_train=2000, num_val=1000, workers=2)
     base = PARAMS.parent / "ablations" / "recipe_search" / "budget_base.yaml"
-    sets = ["profile=shapes", f"data.root={root}", "train.epochs=5", "eval.linear_epochs=0",
-            "crops.local_number=0", "optim.batch_size=32"]
+    sets = ["profile=shapes_2crop", f"data.root={root}", "train.epochs=5", "eval.linear_epochs=0"]
     cfg = Config.from_dict(build_params(base, sets))
     train(cfg, tmp_path / "run", pretrain_dataset(cfg), *NORMALIZATION["shapes"])
     out = tmp_path / "eval.json"

@@ -1,12 +1,11 @@
 """What can this backbone learn in a cell's budget when it is given the labels? An upper bound for
 the k-NN of a DINO cell with the same architecture, augmentation, optimiser and number of steps.
 
-    python ablations/recipe_search/supervised_bound.py --name shapes_v3 --set profile=shapes
+    python ablations/recipe_search/supervised_bound.py --name shapes_v3 --set profile=shapes_2crop
 
 With ``--name`` the result goes to ``supervised/<name>.json`` beside this file (written to a .tmp
 file, then renamed), else to stdout. Each committed JSON holds its ``--set`` list, resolved with the
-profile of its day: shapes_v3_e100.json ran the shapes profile of session 14 (2 crops, batch 32; add
-``--set crops.local_number=0 --set optim.batch_size=32`` to repeat it).
+profiles of its day: ``profile=shapes`` there is today's ``shapes_2crop`` (2 crops, batch 32).
 
 The config is params.yaml with its profile and the --set overrides, as for ``pipelines.pretrain``. The
 student backbone of that config plus a linear classifier on its CLS token are trained with
