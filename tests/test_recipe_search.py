@@ -66,6 +66,20 @@ def test_every_recorded_trial_still_resolves():
         assert trial_config(list(trial["set"])).train.epochs >= 1
 
 
+def test_trials_resolve_over_frozen_profiles():
+    """A budget.yaml trial must keep the config it ran with when a profile changes (session 15: the
+    shapes profile took multi-crop): FMNIST trials name no profile (budget_base.yaml's, the empty
+    default), shapes trials name shapes_2crop, whose diff is the shapes profile of sessions 12-14."""
+    from trajectory import BASE, load_trials
+    assert load_all(BASE)["profile"] == "default"
+    assert not yaml.safe_load((PARAMS.parent / "ablations" / "profiles" / "default.yaml").read_text())
+    named = {s.split("=", 1)[1] for t in load_trials().values() for s in t["set"] if s.startswith("profile=")}
+    assert named == {"shapes_2crop"}
+    frozen = yaml.safe_load((PARAMS.parent / "ablations" / "profiles" / "shapes_2crop.yaml").read_text())
+    assert frozen == {"data": {"dataset": "shapes", "root": "data/prepared/shapes", "num_train": 2000,
+                               "num_val": 1000}, "head": {"use_bn": True}}
+
+
 def test_profiles_are_the_recipes_their_trials_measured():
     """README "Small data and CPU": params.yaml holds the learning recipe (200 epochs, the official
     head); the `quick` profile that the committed results/ ran at changes six knobs only, back to
