@@ -24,7 +24,9 @@ class DataConfig:
     root: str = spec()
     image_size: int = spec(8, 4096)        # eval resize/center-crop size
     num_train: int = spec(0, INF)          # 0 = whole split; shapes: images to generate
-    num_val: int = spec(0, INF)
+    num_val: int = spec(0, INF)            # the select split (val)
+    num_test: int = spec(0, INF)           # the report split (test, after test_skip)
+    test_skip: int = spec(0, INF)
     num_workers: int = spec(0, 64)
     download: bool = spec()
     skip_corrupt: bool = spec()
@@ -130,7 +132,8 @@ class EvalConfig:
 # config (a run folder's config.yaml) may lack them: `Config.from_stored` reads it as that value,
 # and the run store's cell hash (pipelines/store.py) leaves such a key out while it holds that
 # value, so cells trained before the key existed keep their identity. params.yaml must give them.
-LATER_KEYS: dict[tuple[str, str], Any] = {("crops", "rotation"): 0}
+LATER_KEYS: dict[tuple[str, str], Any] = {("crops", "rotation"): 0, ("data", "num_test"): 0,
+                                          ("data", "test_skip"): 0}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from . import distributed as D
 from .checkpoint import atomic_write_json, load_checkpoint, save_checkpoint, truncate_log
 from .config import Config, save_config
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, matmul_shapes, resolve_device, resolve_precision
 from .head import DINOHead, MultiCropWrapper
 from .loss import DINOLoss
 from .multicrop import MultiCropAugmentation, MultiCropDataset, n_crops
@@ -64,6 +64,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     precision: str
+    precision_probe: dict          # how `precision` was decided (device.resolve_precision)
     sched: Schedules
     loader: DataLoader
     last_finite_loss: float = float("nan")   # carried across epochs for the divergence message
@@ -97,11 +98,19 @@ def setup(cfg: Config, dataset: Dataset, mean, std) -> Run:
         raise ValueError(f"optim.batch_size {cfg.optim.batch_size} x {D.world_size()} processes exceeds "
                          f"the dataset size {len(dataset)}: no full batch")
     optimizer = build_optimizer(cfg.optim, student_mod, device)
-    precision = resolve_precision(cfg.train.precision, device)
+    precision, probe = resolve_precision(cfg.train.precision, device, model_shapes(cfg, student_mod.backbone.embed_dim))
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     sched = Schedules.build(cfg, len(loader), D.world_size())
     return Run(cfg, device, student, student_mod, teacher_net, teacher, build_loss(cfg).to(device),
-               optimizer, scaler, precision, sched, loader)
+               optimizer, scaler, precision, probe, sched, loader)
+
+
+def model_shapes(cfg: Config, dim: int) -> list[tuple[int, int, int]]:
+    """The matmul shapes of one global-crop batch through a block and the head (precision probe)."""
+    tokens = cfg.optim.batch_size * (1 + (cfg.crops.global_size // cfg.model.patch_size) ** 2)
+    h = cfg.head
+    return matmul_shapes(tokens, cfg.optim.batch_size, dim,
+                         (*[h.hidden_dim] * (h.nlayers - 1), h.bottleneck_dim, h.out_dim))
 
 
 def train_step(run: Run, crops: list[torch.Tensor], it: int, epoch: int) -> tuple[torch.Tensor, dict]:
@@ -213,7 +222,8 @@ def train(cfg: Config, out_dir: str | Path, dataset: Dataset, mean, std,
             status = "stopped"
             break
     metrics = {"status": status, "ln_k": math.log(cfg.head.out_dim), "wall_time_s": time.time() - t0,
-               "world_size": D.world_size(), **{f"final_{k}": v for k, v in result.items()}}
+               "world_size": D.world_size(), "precision": run.precision, "precision_probe": run.precision_probe,
+               **{f"final_{k}": v for k, v in result.items()}}
     if D.is_main():
         atomic_write_json(out_dir / "metrics.json", metrics)
     D.release()   # DDP: leave the group setup() started; rank 0 evaluates alone afterwards

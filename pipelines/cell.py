@@ -3,9 +3,9 @@
 `run_cell` is what the launcher ships to a process or a SLURM job. It is idempotent: a cell
 with DONE returns its summary; an interrupted one resumes from its checkpoint (pre-emption); a
 finished one whose evaluation is stale (store.needs_eval) is re-evaluated, not re-trained.
-Evaluation (eval.json): weighted k-NN of the teacher backbone (train split -> val split), the
-official linear probe with an lr sweep on cached features, the collapse metrics of teacher and
-student on the val split, attention-mask Jaccard where masks exist.
+Evaluation (eval.json): dino_core.evaluate.protocol.evaluate_backbone of the teacher backbone
+(k-NN and the linear probe, chosen on the select split and measured on the report split; attention
+Jaccard where masks exist) and the collapse metrics of teacher and student on the report split.
 """
 from __future__ import annotations
 
@@ -20,15 +20,14 @@ from dino_core.checkpoint import CHECKPOINT, atomic_write_json
 from dino_core.config import Config
 from dino_core.device import resolve_device
 from dino_core.distributed import is_main
-from dino_core.data.registry import NORMALIZATION, build_dataset, eval_transform, spec
-from dino_core.evaluate.attention import attention_jaccard
+from dino_core.data.registry import NORMALIZATION, build_dataset, spec
 from dino_core.evaluate.collapse import collapse_metrics
 from dino_core.evaluate.features import knn_and_linear_features
 from dino_core.evaluate.knn import knn_classify
-from dino_core.evaluate.linear import sweep_linear
+from dino_core.evaluate.protocol import eval_sets, evaluate_backbone
 from dino_core.train import build_loss, build_network, train
 
-from .store import cell_summary, eval_key, is_done, mark_done, needs_eval
+from .store import COLLAPSE, TEACHER, cell_summary, eval_key, is_done, mark_done, needs_eval, read_teacher, write_teacher
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +43,20 @@ def pretrain_dataset(cfg: Config):
 
 
 def eval_loaders(cfg: Config, with_masks: bool = False) -> tuple[DataLoader, DataLoader]:
-    d, tf = cfg.data, eval_transform(cfg.data.dataset, cfg.data.image_size)
-    train = build_dataset(d.dataset, d.root, "train", tf, limit=_limit(d.num_train))
-    val = build_dataset(d.dataset, d.root, "val", tf, limit=_limit(d.num_val), with_masks=with_masks)
-    kw = dict(batch_size=cfg.eval.batch_size, shuffle=False, num_workers=d.num_workers)
-    return DataLoader(train, **kw), DataLoader(val, **kw)
+    """(bank, select) loaders of dino_core.evaluate.protocol.eval_sets: where tuning and the recipe
+    search measure the k-NN (the select split; never the report split)."""
+    sets = eval_sets(cfg.data, cfg.eval.batch_size, with_masks=with_masks)
+    return sets.bank, sets.select
+
+
+def knn_of(backbone: torch.nn.Module, cfg: Config, train_loader: DataLoader, val_loader: DataLoader,
+           device: torch.device | str) -> dict:
+    """Weighted k-NN (eval.knn_k, eval.knn_temp) of the frozen backbone: train_loader's images are
+    the bank, val_loader's the queries."""
+    e = cfg.eval
+    ktr, _, ltr = knn_and_linear_features(backbone, train_loader, device=device)
+    kva, _, lva = knn_and_linear_features(backbone, val_loader, device=device)
+    return knn_classify(ktr, ltr, kva, lva, ks=e.knn_k, T=e.knn_temp)
 
 
 def load_trained(cfg: Config, cell: Path) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
@@ -61,29 +69,6 @@ def load_trained(cfg: Config, cell: Path) -> tuple[torch.nn.Module, torch.nn.Mod
     return student, teacher, loss
 
 
-def knn_of(backbone: torch.nn.Module, cfg: Config, train_loader, val_loader, device, linear: bool = False) -> dict:
-    """Weighted k-NN (eval.knn_k, eval.knn_temp) of the frozen backbone, and with ``linear`` the
-    linear probe (linear_probe) on the same pass's last-n-blocks features."""
-    e = cfg.eval
-    linear = linear and e.linear_epochs > 0
-    n, pool = (e.n_last_blocks, e.avgpool_patchtokens) if linear else (1, False)
-    ktr, ftr, ltr = knn_and_linear_features(backbone, train_loader, n, pool, device=device)
-    kva, fva, lva = knn_and_linear_features(backbone, val_loader, n, pool, device=device)
-    out = knn_classify(ktr, ltr, kva, lva, ks=e.knn_k, T=e.knn_temp)
-    return {**out, **linear_probe(cfg, ftr, ltr, fva, lva, device)} if linear else out
-
-
-def linear_probe(cfg: Config, ftr: torch.Tensor, ltr: torch.Tensor, fva: torch.Tensor, lva: torch.Tensor,
-                 device: torch.device | str = "cpu") -> dict:
-    """The official linear probe (eval_linear.py) with cfg.eval's settings on cached features
-    (N, D) -> best of the lr sweep; {} when eval.linear_epochs is 0."""
-    e = cfg.eval
-    if e.linear_epochs == 0:
-        return {}
-    return sweep_linear(ftr, ltr, fva, lva, base_lrs=e.linear_lr, epochs=e.linear_epochs,
-                        batch_size=e.linear_batch_size, device=device, seed=cfg.train.seed)
-
-
 def run_targets_collapse(student: torch.nn.Module, teacher: torch.nn.Module, loss: torch.nn.Module, epoch: int,
                          loader: DataLoader, device: torch.device | str) -> dict:
     """collapse_metrics with the run's own teacher targets at `epoch` (DINOLoss.teacher_probs: its
@@ -93,22 +78,27 @@ def run_targets_collapse(student: torch.nn.Module, teacher: torch.nn.Module, los
 
 
 def evaluate_cell(cfg: Config, cell: Path) -> dict:
-    """k-NN, linear probe, collapse metrics and (with masks) attention Jaccard of a trained cell
-    -> eval.json (with its eval_key).
-
-    The collapse metrics use the run's own teacher targets at the last epoch (DINOLoss.teacher_probs:
-    its normalisation, center or not, and its tau_t), so a no-centering row is judged on what its
-    student was trained towards, not on a centred teacher it never saw."""
-    device = resolve_device(cfg.train.device)
-    has_masks = spec(cfg.data.dataset).has_masks
-    train_loader, val_loader = eval_loaders(cfg, with_masks=has_masks)
-    student, teacher, loss = load_trained(cfg, cell)
-    out = {"eval_key": eval_key(cfg), **knn_of(teacher.backbone, cfg, train_loader, val_loader, device, linear=True)}
-    out.update(run_targets_collapse(student, teacher, loss, cfg.train.epochs - 1, val_loader, device))
-    if has_masks:
-        out.update(attention_jaccard(teacher.backbone, val_loader, cfg.eval.attn_threshold, device))
+    """dino_core.evaluate.protocol.evaluate_backbone of the cell's fp16 teacher backbone
+    (store.TEACHER) -> eval.json (with its eval_key)."""
+    sets = eval_sets(cfg.data, cfg.eval.batch_size, with_masks=True)
+    backbone = read_teacher(cell, build_network(cfg, False).backbone)
+    out = {"eval_key": eval_key(cfg), **evaluate_backbone(backbone, cfg.eval, sets,
+                                                          resolve_device(cfg.train.device), cfg.train.seed)}
     atomic_write_json(cell / "eval.json", out)
     return out
+
+
+def finish_cell(cfg: Config, cell: Path) -> None:
+    """From the final checkpoint: collapse.json (teacher and student on the report split, with the
+    run's own teacher targets at the last epoch: DINOLoss.teacher_probs, its normalisation, center or
+    not, and its tau_t, so a no-centering row is judged on what its student was trained towards)
+    and the fp16 teacher backbone that every evaluation reads."""
+    student, teacher, loss = load_trained(cfg, cell)
+    sets = eval_sets(cfg.data, cfg.eval.batch_size)
+    out = run_targets_collapse(student, teacher, loss, cfg.train.epochs - 1, sets.report,
+                               resolve_device(cfg.train.device))
+    atomic_write_json(cell / COLLAPSE, out)
+    write_teacher(cell, teacher.backbone)
 
 
 def run_cell(cell_dir: str, params: dict) -> dict:
@@ -119,6 +109,8 @@ def run_cell(cell_dir: str, params: dict) -> dict:
     if is_done(cell):
         if needs_eval(cell, cfg) and is_main():   # a DDP job: rank 0 re-evaluates, the others return
             log.info("%s: evaluation stale (eval section or EVAL_VERSION changed): re-evaluating", cell.name)
+            if not (cell / TEACHER).is_file():   # finished before the fp16 teacher was kept
+                finish_cell(cfg, cell)
             evaluate_cell(cfg, cell)
         return cell_summary(cell)
     cell.mkdir(parents=True, exist_ok=True)
@@ -127,8 +119,9 @@ def run_cell(cell_dir: str, params: dict) -> dict:
     if not is_main():   # DDP: every rank trains, rank 0 evaluates and writes
         return metrics
     summary = {"cell": cell.name, "status": metrics["status"], "ln_k": math.log(cfg.head.out_dim),
-               "wall_time_s": metrics["wall_time_s"]}
+               "wall_time_s": metrics["wall_time_s"], "precision": metrics.get("precision")}
     if metrics["status"] == "ok":
+        finish_cell(cfg, cell)
         evaluate_cell(cfg, cell)   # eval.json before DONE: a DONE ok cell always has an evaluation
     mark_done(cell, summary)
     return cell_summary(cell)

@@ -22,7 +22,7 @@ from pathlib import Path
 from dino_core.checkpoint import atomic_write_json
 from dino_core.config import Config
 
-from .params import ROOT, grid_cells, load_all, load_study
+from .params import ROOT, apply_profile, grid_cells, load_all, load_study
 
 log = logging.getLogger(__name__)
 WARMUP, STEPS = 3, 20
@@ -47,7 +47,8 @@ def measure_costs(params: dict, root: Path = ROOT, warmup: int = WARMUP, steps: 
     "other_cpu_cores": mean cores other processes used meanwhile, "warmup", "steps", "wall_s", ...}."""
     from .bench.cli import measure
     studies = [s for s in params["grid"]["studies"] if load_study(s, root).get("cost")]
-    seed = params["grid"]["seeds"][0]
+    seeds = apply_profile(params, root)["grid"]["seeds"]
+    seed = 0 if seeds == "protocol" else seeds[0]   # every row's seeds begin at 0
     cells = [c for c in grid_cells(params, root) if c.study in studies and c.seed == seed]
     rows, t0, busy0, own0 = [], time.time(), _busy_cpu_s(), _own_cpu_s()
     for i, cell in enumerate(cells):

@@ -33,21 +33,17 @@ log = logging.getLogger(__name__)
 def evaluate(checkpoint: Path, params: dict, key: str | None, out: Path, weights_only: bool = True) -> dict:
     """Build the loaders from params' data section and run dino_core's evaluate_checkpoint."""
     from dino_core.config import Config
-    from dino_core.data.registry import spec
     from dino_core.device import resolve_device
     from dino_core.evaluate.checkpoint import evaluate_checkpoint, write_json_atomic
+    from dino_core.evaluate.protocol import eval_sets
 
-    from .cell import eval_loaders
     cfg = Config.from_dict(params)
-    has_masks = spec(cfg.data.dataset).has_masks
-    train_loader, val_loader = eval_loaders(cfg, with_masks=has_masks)
-    m = evaluate_checkpoint(checkpoint, train_loader, val_loader, cfg.eval, arch="auto",
-                            num_heads=cfg.model.num_heads, checkpoint_key=key,
-                            mask_loader=val_loader if has_masks else None,
-                            device=resolve_device(cfg.train.device), weights_only=weights_only)
+    m = evaluate_checkpoint(checkpoint, eval_sets(cfg.data, cfg.eval.batch_size, with_masks=True), cfg.eval,
+                            arch="auto", num_heads=cfg.model.num_heads, checkpoint_key=key,
+                            device=resolve_device(cfg.train.device), weights_only=weights_only, seed=cfg.train.seed)
     m.update(config={"data": params["data"], "eval": params["eval"]})
     write_json_atomic(m, out)
-    log.info("wrote %s: k-NN@20 %s, linear %s", out, m.get("knn20_top1"), m.get("linear_top1_best"))
+    log.info("wrote %s: k-NN@20 %s, linear %s", out, m.get("knn20_top1"), m.get("linear_top1"))
     return m
 
 

@@ -17,20 +17,19 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 import dino_core
-from dino_core.checkpoint import CHECKPOINT, atomic_write_json, atomic_write_text
+from dino_core.checkpoint import atomic_write_json, atomic_write_text
 from dino_core.config import Config, merge
-from dino_core.data.registry import NORMALIZATION, build_dataset, eval_transform, spec
+from dino_core.data.registry import NORMALIZATION
 from dino_core.evaluate.attention import attention_jaccard, save_attention_overlays
+from dino_core.evaluate.protocol import eval_sets
 from dino_core.train import build_network
 
 from .baselines import random_init, raw_pixels
-from .cell import load_trained
 from .grid import plan
 from .params import ROOT, grid_cells, load_all, resolve_profile
-from .store import cell_dir, cell_summary, is_done, needs_eval, read_history
+from .store import cell_dir, cell_summary, is_done, needs_eval, read_history, read_teacher
 
 log = logging.getLogger(__name__)
 N_OVERLAYS = 4
@@ -60,25 +59,22 @@ def collect(table: pd.DataFrame, store: Path, params: dict[str, dict]) -> tuple[
     return pd.DataFrame(cells), pd.DataFrame(curves)
 
 
-def default_config(params: dict) -> Config:
-    seed = params["grid"]["seeds"][0]
+def default_config(params: dict, seed: int = 0) -> Config:
     return Config.from_dict(merge(resolve_profile(params), {"train": {"seed": seed}}))
 
 
 def attention_of_default(cfg: Config, cell: Path, out: Path) -> dict:
-    """Overlays of a few val images and the Jaccard (%) of the 60%-mass masks (datasets with masks),
-    beside the same architecture's at random init."""
-    _, teacher, _ = load_trained(cfg, cell)
-    tf = eval_transform(cfg.data.dataset, cfg.data.image_size)
-    has_masks = spec(cfg.data.dataset).has_masks
-    val = build_dataset(cfg.data.dataset, cfg.data.root, "val", tf, with_masks=has_masks,
-                        limit=cfg.data.num_val or None)
-    images = torch.stack([val[i][0] for i in range(N_OVERLAYS)])
-    save_attention_overlays(teacher.backbone, images, out, cfg.eval.attn_threshold, *NORMALIZATION[cfg.data.dataset])
-    if not has_masks:
+    """Overlays of a few report-split images and the Jaccard (%) of the 60%-mass masks (datasets with
+    masks), beside the same architecture's at random init."""
+    backbone = read_teacher(cell, build_network(cfg, False).backbone)
+    sets = eval_sets(cfg.data, cfg.eval.batch_size, with_masks=True)
+    report = sets.report.dataset
+    images = torch.stack([report[i][0] for i in range(N_OVERLAYS)])
+    save_attention_overlays(backbone, images, out, cfg.eval.attn_threshold, *NORMALIZATION[cfg.data.dataset])
+    if not sets.has_masks:
         return {}
-    loader = DataLoader(val, batch_size=cfg.eval.batch_size)
-    out = attention_jaccard(teacher.backbone, loader, cfg.eval.attn_threshold)
+    loader = sets.report
+    out = attention_jaccard(backbone, loader, cfg.eval.attn_threshold)
     torch.manual_seed(cfg.train.seed)      # the reference: the same ViT at its initialisation
     rand = attention_jaccard(build_network(cfg, False).backbone, loader, cfg.eval.attn_threshold)
     return {**out, "random_init_jaccard_best_head": rand["jaccard_best_head"],
@@ -122,23 +118,22 @@ def main(argv: list[str] | None = None) -> None:
     att = attention_of_default(cfg, default_cell, results / "attention")
     atomic_write_json(results / "attention" / "attention.json", att)
     atomic_write_json(results / "env.json", environment(params, cells, read_history(store)))
-    # `dvc metrics show`: the default configuration, mean over seeds
-    seeds = params["grid"]["seeds"]
-    hashes = {cell_dir(store, cfg.replace("train", seed=s)).name for s in seeds}
+    # `dvc metrics show`: the default configuration, mean over its seeds
+    hashes = {cell_dir(store, cfg.replace("train", seed=int(s))).name for s in set(cells.seed)}
     default_rows = cells[cells.cell.isin(hashes)].drop_duplicates("cell")
     summary = default_rows.mean(numeric_only=True).drop(["seed"], errors="ignore").round(4)
     atomic_write_json(results / "metrics.json", {"default": json.loads(summary.to_json()),
                                                  "n_seeds": int(len(default_rows))})
-    export_teacher(default_cell / CHECKPOINT, Path(args.models) / "default.pth")
+    export_teacher(cfg, default_cell, Path(args.models) / "default.pth")
 
 
-def export_teacher(checkpoint: Path, out: Path) -> None:
-    """The default model for users: the official full-checkpoint layout reduced to `teacher`
-    (backbone.* and head.* keys), `epoch` and `args`; no optimizer or student (a quarter of the size)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+def export_teacher(cfg: Config, cell: Path, out: Path) -> None:
+    """The default model for users: the teacher backbone as a bare state dict with the official key
+    names (the layout of the released dino_deitsmall16_pretrain.pth), fp32 from the cell's fp16 weights."""
+    backbone = read_teacher(cell, build_network(cfg, False).backbone)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    torch.save({k: state[k] for k in ("teacher", "epoch", "args")}, tmp)
+    torch.save(backbone.state_dict(), tmp)
     tmp.replace(out)
 
 

@@ -16,6 +16,8 @@ import yaml
 
 from dino_core.config import Config, load_params, merge
 
+from .protocol import load_protocol, row_seeds
+
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINE_SECTIONS = ("profile", "grid", "tune")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
@@ -97,12 +99,17 @@ def load_study(name: str, root: Path = ROOT) -> dict:
 
 
 def grid_cells(params: dict, root: Path = ROOT) -> list[Cell]:
-    """Every (study, row, seed) of grid.studies x grid.seeds, each validated."""
+    """Every (study, row, seed) of grid.studies x grid.seeds (a list, or 'protocol': the seeds
+    ablations/protocol.yaml gives each row), each validated."""
     grid = apply_profile(params, root).get("grid")
     if not isinstance(grid, dict) or set(grid) != {"studies", "seeds", "store"}:
         raise ValueError("params.yaml: grid must have exactly the keys studies, seeds, store")
-    if not grid["seeds"] or not all(isinstance(s, int) and s >= 0 for s in grid["seeds"]):
-        raise ValueError(f"params.yaml: grid.seeds must be a non-empty list of integers >= 0, got {grid['seeds']!r}")
+    seeds = grid["seeds"]
+    if seeds != "protocol" and (not isinstance(seeds, list) or not seeds
+                                or not all(isinstance(s, int) and s >= 0 for s in seeds)):
+        raise ValueError(f"params.yaml: grid.seeds must be 'protocol' (ablations/protocol.yaml) or a non-empty "
+                         f"list of integers >= 0, got {seeds!r}")
+    protocol = load_protocol(root) if seeds == "protocol" else None
     base = resolve_profile(params, root)
     cells = []
     for name in grid["studies"]:
@@ -110,7 +117,7 @@ def grid_cells(params: dict, root: Path = ROOT) -> list[Cell]:
         for row in study["rows"]:
             where = f"{study['path']}: row {row['name']}"
             resolved = apply_diff(base, row.get("diff") or {}, where)
-            for seed in grid["seeds"]:
+            for seed in (row_seeds(protocol, study, row) if protocol else seeds):
                 p = merge(resolved, {"train": {"seed": seed}})
                 Config.from_dict(p, source=where)
                 cells.append(Cell(name, row["name"], seed, p))

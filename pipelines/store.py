@@ -1,9 +1,12 @@
 """The run store: one directory per grid cell, named by the hash of its resolved training config.
 
-runs/cells/<hash>/ holds config.yaml, log.jsonl, checkpoint.pth, metrics.json (training),
-DONE (the training summary, written last and atomically: a cell without DONE is unfinished, it
-resumes from its checkpoint and is never read as finished) and eval.json (the evaluation, with
-the `eval_key` it was computed under). Identical cells of different studies share one directory
+<store>/cells/<hash>/ holds config.yaml, log.jsonl, checkpoint.pth, metrics.json (training),
+collapse.json (the collapse metrics of teacher and student at the end of training), teacher_backbone.pth
+(the teacher backbone in fp16: what re-evaluation needs), DONE (the training summary, written last
+and atomically: a cell without DONE is unfinished, it resumes from its checkpoint and is never read
+as finished) and eval.json (the evaluation of teacher_backbone.pth, with the `eval_key` it was
+computed under). A finished cell without checkpoint.pth (a clone of the repository, which keeps
+every file but the checkpoint) is complete: it re-evaluates from teacher_backbone.pth. Identical cells of different studies share one directory
 and run once. The hash covers what changes the trained weights only: launcher settings, the
 `eval` section and the val-set size are left out, so moving to a cluster keeps a cell's identity
 and a change of the evaluation re-evaluates finished cells instead of re-training them.
@@ -14,22 +17,27 @@ import hashlib
 import json
 from pathlib import Path
 
+import torch
+
 from dino_core.checkpoint import atomic_write_json, atomic_write_text
 from dino_core.config import LATER_KEYS, Config
 
 DONE = "DONE"
-TRAINING_KEYS = ("cell", "status", "ln_k", "wall_time_s")   # what DONE records of the training
+TEACHER = "teacher_backbone.pth"   # fp16 state dict of the teacher backbone
+COLLAPSE = "collapse.json"
+TRAINING_KEYS = ("cell", "status", "ln_k", "wall_time_s", "precision")   # what DONE records of the training
 HISTORY = "history.jsonl"   # one line per grid invocation: when, how long, cells run / reused
 
 
 # Keys that cannot change the trained weights: loader workers (augmentations are seeded per
 # sample), the progress-line interval, and what only the evaluation reads (the val-set size).
-NEUTRAL = (("data", "num_workers"), ("train", "log_every"), ("data", "num_val"))
+NEUTRAL = (("data", "num_workers"), ("train", "log_every"), ("data", "num_val"), ("data", "num_test"),
+           ("data", "test_skip"))
 # The version of the evaluation protocol (pipelines/cell.py evaluate_cell and dino_core.evaluate):
 # bump it when a change alters any number in eval.json, and every finished cell is re-evaluated
-# (not re-trained) by the next grid run. 2: collapse metrics with the run's own teacher
-# normalisation (no center for the no-centering rows), official linear probe with an lr sweep.
-EVAL_VERSION = 2
+# (not re-trained) by the next grid run. 3: select and report splits (dino_core.evaluate.protocol):
+# the linear probe's lr and epoch chosen on the select split, every number measured on the report split.
+EVAL_VERSION = 3
 
 
 def _digest(obj: object) -> str:
@@ -45,14 +53,16 @@ def cell_hash(cfg: Config) -> str:
     for section, key in NEUTRAL:
         d[section].pop(key)
     for (section, key), before in LATER_KEYS.items():
-        if d[section][key] == before:
-            d[section].pop(key)
+        if d[section].get(key, before) == before:   # NEUTRAL keys are already gone
+            d[section].pop(key, None)
     return _digest(d)
 
 
 def eval_key(cfg: Config) -> str:
-    """Identity of a cell's evaluation: the `eval` section, the val-set size and EVAL_VERSION."""
-    return _digest({"eval": cfg.to_dict()["eval"], "num_val": cfg.data.num_val, "version": EVAL_VERSION})
+    """Identity of a cell's evaluation: the `eval` section, the evaluation sets and EVAL_VERSION."""
+    d = cfg.data
+    return _digest({"eval": cfg.to_dict()["eval"], "num_val": d.num_val, "num_test": d.num_test,
+                    "test_skip": d.test_skip, "version": EVAL_VERSION})
 
 
 def cell_dir(store: Path, cfg: Config) -> Path:
@@ -87,12 +97,27 @@ def needs_eval(path: Path, cfg: Config) -> bool:
 
 
 def cell_summary(path: Path) -> dict:
-    """The training fields of DONE with the scalar metrics of eval.json (the current evaluation;
-    DONE files written before EVAL_VERSION 2 also hold an older evaluation, which is dropped)."""
+    """The training fields of DONE with the scalar metrics of collapse.json and eval.json."""
     out = {k: v for k, v in read_done(path).items() if k in TRAINING_KEYS}
-    ev = read_eval(path) or {}
-    out.update({k: v for k, v in ev.items() if isinstance(v, (int, float, bool, str))})
+    for name in (COLLAPSE, "eval.json"):
+        f = Path(path) / name
+        ev = json.loads(f.read_text()) if f.is_file() else {}
+        out.update({k: v for k, v in ev.items() if isinstance(v, (int, float, bool, str))})
     return out
+
+
+def write_teacher(path: Path, backbone: torch.nn.Module) -> None:
+    """The teacher backbone's weights in fp16 (atomically): all that evaluating the cell again needs."""
+    tmp = Path(path) / f".{TEACHER}.tmp"
+    torch.save({k: v.detach().to("cpu", torch.float16) for k, v in backbone.state_dict().items()}, tmp)
+    tmp.replace(Path(path) / TEACHER)
+
+
+def read_teacher(path: Path, backbone: torch.nn.Module) -> torch.nn.Module:
+    """``backbone`` with the cell's fp16 teacher weights loaded (as fp32)."""
+    sd = torch.load(Path(path) / TEACHER, map_location="cpu", weights_only=True)
+    backbone.load_state_dict({k: v.float() for k, v in sd.items()})
+    return backbone.eval()
 
 
 def append_history(store: Path, entry: dict) -> None:

@@ -171,7 +171,7 @@ def test_fashion_mnist_reads_tiny_idx_files(tmp_path, compress, layout):
     for image_file, label_file in fashion_mnist.FILES.values():
         for name, array in ((image_file, images), (label_file, labels)):
             _write_idx(tmp_path / layout / (name + (".gz" if compress else "")), array, compress)
-    dataset = registry.build_dataset("fashion_mnist", str(tmp_path), "val")
+    dataset = registry.build_dataset("fashion_mnist", str(tmp_path), "test")
     assert len(dataset) == 5 and dataset.targets == [3, 0, 9, 1, 3] and len(dataset.classes) == 10
     image, label = dataset[2]
     assert image.mode == "RGB" and image.size == (28, 28) and label == 9
@@ -181,11 +181,11 @@ def test_fashion_mnist_reads_tiny_idx_files(tmp_path, compress, layout):
     assert tensor.shape == (3, 28, 28)
     # the silhouette mask: pixel > 0 (objects lie on an exact-zero background), through the eval resize + crop
     images[1, :4] = 0
-    _write_idx(tmp_path / layout / (fashion_mnist.FILES["val"][0] + (".gz" if compress else "")), images, compress)
-    native = registry.build_dataset("fashion_mnist", str(tmp_path), "val", with_masks=True)
+    _write_idx(tmp_path / layout / (fashion_mnist.FILES["test"][0] + (".gz" if compress else "")), images, compress)
+    native = registry.build_dataset("fashion_mnist", str(tmp_path), "test", with_masks=True)
     _, label, mask = native[1]
     assert label == 0 and mask.dtype == torch.bool and torch.equal(mask, torch.from_numpy(images[1] > 0))
-    _, _, mask32 = registry.build_dataset("fashion_mnist", str(tmp_path), "val", registry.eval_transform(
+    _, _, mask32 = registry.build_dataset("fashion_mnist", str(tmp_path), "test", registry.eval_transform(
         "fashion_mnist", 32), with_masks=True)[1]
     assert mask32.shape == (32, 32) and not mask32[0].any() and mask32.float().mean() > 0.5
 
@@ -205,11 +205,26 @@ def test_fashion_mnist_bad_and_missing_files(tmp_path):
 @pytest.mark.skipif(not fashion_mnist.DEBIAN_ROOT.is_dir(),
                     reason=f"{fashion_mnist.DEBIAN_ROOT} absent: apt-get install dataset-fashion-mnist")
 def test_fashion_mnist_debian_package_files():
+    """train = train images 0-49,999, val = 50,000-59,999 (the holdout), test = the 10,000 test images."""
     train = registry.build_dataset("fashion_mnist", str(fashion_mnist.DEBIAN_ROOT), "train")
     val = registry.build_dataset("fashion_mnist", "auto", "val")
-    assert (len(train), len(val)) == (60_000, 10_000)
-    assert set(train.targets) == set(val.targets) == set(range(registry.num_classes("fashion_mnist"))) == set(range(10))
+    test = registry.build_dataset("fashion_mnist", "auto", "test")
+    assert (len(train), len(val), len(test)) == (50_000, 10_000, 10_000)
+    files = fashion_mnist.read_idx(fashion_mnist.find_file(fashion_mnist.DEBIAN_ROOT, fashion_mnist.TRAIN_FILES[0]))
+    assert np.array_equal(val.images, files[50_000:]) and np.array_equal(train.images, files[:50_000])
+    assert set(train.targets) == set(val.targets) == set(test.targets) == set(range(10))
     assert train[0][0].size == (28, 28) and train[0][0].mode == "RGB"
+
+
+def test_report_split_skips_the_images_that_chose_the_recipe():
+    """test_skip 1000 + num_test 9000 is the class-balanced complement of the first 1,000: together
+    they are the whole test split, without overlap; the holdout never meets the pre-training images."""
+    first = registry.build_dataset("fashion_mnist", "auto", "test", limit=1000)
+    rest = registry.build_dataset("fashion_mnist", "auto", "test", limit=9000, skip=1000)
+    assert set(first.indices).isdisjoint(rest.indices) and len(set(first.indices) | set(rest.indices)) == 10_000
+    assert sorted(rest.targets.count(c) for c in range(10)) == [900] * 10
+    with pytest.raises(ValueError, match="fewer than skip 1000 \\+ limit 9001"):
+        registry.build_dataset("fashion_mnist", "auto", "test", limit=9001, skip=1000)
 
 
 @pytest.mark.parametrize("name,folder", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"),

@@ -25,6 +25,7 @@ from dino_core.head import DINOHead, MultiCropWrapper
 from dino_core.train import build_network, train
 from dino_core.vit import build_vit
 from pipelines.baselines import random_init
+from dino_core.evaluate.protocol import EvalSets
 from pipelines.cell import eval_loaders, knn_of, pretrain_dataset
 from pipelines.eval_checkpoint import main as eval_checkpoint_main
 from pipelines.pretrain import build_params
@@ -113,21 +114,25 @@ def test_linear_probe_separable_reaches_100():
     means = 4 * torch.eye(3, 16)                                     # three well separated classes
     y = torch.randint(0, 3, (300,), generator=g)
     x = means[y] + 0.5 * torch.randn(300, 16, generator=g)
-    res = train_linear(x[:200], y[:200], x[200:], y[200:], epochs=10, base_lr=1.0, batch_size=32)
-    assert res["linear_top1_best"] == 100.0 and res["linear_top1_last"] == 100.0
-    assert res["linear_top5_last"] == 100.0 and 1 <= res["linear_best_epoch"] <= 10
+    curves = train_linear(x[:200], y[:200], {"select": (x[200:], y[200:])}, epochs=10, base_lr=1.0, batch_size=32)
+    assert len(curves["select"]) == 10 and curves["select"][-1] == (100.0, 100.0)
 
 
-def test_linear_sweep_keeps_the_best_lr():
+def test_linear_sweep_chooses_on_select_and_reports_on_report():
+    """The (lr, epoch) is chosen by its top-1 on the select set; the reported top-1 is the report set's
+    at that choice, whatever the report set would have preferred."""
     g = torch.Generator().manual_seed(0)
     means = 4 * torch.eye(3, 16)
-    y = torch.randint(0, 3, (300,), generator=g)
-    x = means[y] + 0.5 * torch.randn(300, 16, generator=g)
+    y = torch.randint(0, 3, (400,), generator=g)
+    x = means[y] + 0.5 * torch.randn(400, 16, generator=g)
+    sel, rep = (x[200:300], y[200:300]), (x[300:], y[300:])
     # lr 1e-7 barely moves the N(0, 0.01) classifier in 2 epochs; lr 1.0 separates the classes
-    res = sweep_linear(x[:200], y[:200], x[200:], y[200:], base_lrs=[1.0, 1e-7], epochs=2, batch_size=32)
-    assert res["linear_lr"] == 1.0 and res["linear_top1_best"] == 100.0
-    slow = train_linear(x[:200], y[:200], x[200:], y[200:], epochs=2, base_lr=1e-7, batch_size=32)
-    assert slow["linear_top1_best"] < 100.0
+    res = sweep_linear(x[:200], y[:200], sel, rep, base_lrs=[1.0, 1e-7], epochs=2, batch_size=32)
+    assert (res["linear_lr"], res["linear_select_top1"], res["linear_top1"]) == (1.0, 100.0, 100.0)
+    slow = train_linear(x[:200], y[:200], {"select": sel}, epochs=2, base_lr=1e-7, batch_size=32)
+    assert max(t for t, _ in slow["select"]) < 100.0
+    flipped = sweep_linear(x[:200], y[:200], sel, (rep[0], (rep[1] + 1) % 3), base_lrs=[1.0], epochs=2, batch_size=32)
+    assert flipped["linear_select_top1"] == 100.0 and flipped["linear_top1"] == 0.0   # reported, not chosen, there
     with pytest.raises(ValueError, match="base_lrs is empty"):
         sweep_linear(x, y, x, y, base_lrs=[], epochs=1)
 
@@ -324,24 +329,24 @@ def test_evaluate_checkpoint_vits_end_to_end(vits_files, tmp_path):
     masks = DataLoader(TensorDataset(x[8:], y[8:], (torch.rand(4, 32, 32, generator=g) > 0.5).long()), batch_size=4)
     out = tmp_path / "metrics" / "eval.json"
     cfg = eval_cfg(linear_epochs=2, n_last_blocks=4)
-    m = evaluate_checkpoint(d / "checkpoint.pth", train, val, cfg, checkpoint_key="teacher", mask_loader=masks,
-                            out_json=out, device="cpu")
+    m = evaluate_checkpoint(d / "checkpoint.pth", EvalSets(train, val, masks, has_masks=True), cfg,
+                            checkpoint_key="teacher", out_json=out, device="cpu")
     assert json.loads(out.read_text()) == json.loads(json.dumps(m))
     assert [p.name for p in out.parent.iterdir()] == ["eval.json"]                     # no temp file left
-    for key in ("knn1_top1", "knn20_top5", "linear_top1_best", "feature_std", "effective_rank",
-                "jaccard_best_head", "collapsed"):
+    for key in ("knn1_top1", "knn20_top5", "select_knn1_top1", "linear_top1", "linear_select_top1", "feature_std",
+                "effective_rank", "jaccard_best_head", "collapsed"):
         assert key in m
-    assert len(m["jaccard_per_head"]) == 6 and m["n_train"] == 8
-    m2 = evaluate_checkpoint(d / "dino_deitsmall16_pretrain.pth", train, val, eval_cfg(), device="cpu")
+    assert len(m["jaccard_per_head"]) == 6 and (m["n_bank"], m["n_select"], m["n_report"]) == (8, 4, 4)
+    m2 = evaluate_checkpoint(d / "dino_deitsmall16_pretrain.pth", EvalSets(train, val, val), eval_cfg(), device="cpu")
     assert m2["knn1_top1"] == m["knn1_top1"]                                           # same teacher weights
     # Bad datasets (a tiny vit_custom checkpoint keeps this fast).
     torch.save(tiny_vit(0).state_dict(), tmp_path / "tiny.pth")
     tiny = dict(arch="vit_custom", patch_size=8, embed_dim=16, depth=2, num_heads=2, device="cpu")
-    with pytest.raises(ValueError, match="k-NN needs labels"):
-        evaluate_checkpoint(tmp_path / "tiny.pth", DataLoader(TensorDataset(x[:8]), batch_size=4), val,
+    with pytest.raises(ValueError, match="needs labels, but the bank set"):
+        evaluate_checkpoint(tmp_path / "tiny.pth", EvalSets(DataLoader(TensorDataset(x[:8]), batch_size=4), val, val),
                             eval_cfg(), **tiny)
     with pytest.raises(ValueError, match="with_masks=True"):
-        evaluate_checkpoint(tmp_path / "tiny.pth", train, val, eval_cfg(), mask_loader=val, **tiny)
+        evaluate_checkpoint(tmp_path / "tiny.pth", EvalSets(train, val, val, has_masks=True), eval_cfg(), **tiny)
 
 
 # ------------------------------------------------------------------------- the command-line entry point
@@ -362,19 +367,20 @@ def test_eval_checkpoint_cli_ours_and_official(vits_files, tmp_path, caplog):
     out = tmp_path / "out" / "ours.json"
     assert eval_checkpoint_main([str(tmp_path / "ours.pth"), "--out", str(out), "--key", "student", *common]) == 0
     m = json.loads(out.read_text())
-    assert (m["arch"], m["num_heads"], m["checkpoint_key"], m["n_train"], m["n_val"]) == \
+    assert (m["arch"], m["num_heads"], m["checkpoint_key"], m["n_bank"], m["n_report"]) == \
         ("vit_custom", 4, "student", 64, 32)
-    assert 0 <= m["knn5_top1"] <= 100 and "linear_top1_best" in m and len(m["jaccard_per_head"]) == 4
+    assert 0 <= m["knn5_top1"] <= 100 and "linear_top1" in m and len(m["jaccard_per_head"]) == 4
     assert m["config"]["data"]["root"] == str(tmp_path / "shapes") and m["config"]["eval"]["linear_epochs"] == 2
     assert [p.name for p in out.parent.iterdir()] == ["ours.json"]                # nothing half-written
-    # The same weights through the grid's own evaluation path: the same k-NN.
+    # The same weights through the grid's own evaluation path: the same k-NN (shapes has no test
+    # split apart from val: its report and select sets are both the val split).
     params = build_params(PARAMS, common[2:][1::2])
     loaders = eval_loaders(Config.from_dict(params))
     assert knn_of(student.backbone, Config.from_dict(params), *loaders, "cpu")["knn5_top1"] == m["knn5_top1"]
     off = tmp_path / "vits.json"
     assert eval_checkpoint_main([str(vits_files[0] / "dino_deitsmall16_pretrain.pth"), "--out", str(off), *common]) == 0
     official = json.loads(off.read_text())
-    assert (official["arch"], official["num_heads"], official["n_train"]) == ("vit_small", 6, 64)
+    assert (official["arch"], official["num_heads"], official["n_bank"]) == ("vit_small", 6, 64)
     # A checkpoint that pickles more than tensors (our older RNG state: numpy arrays) needs --trusted.
     old = torch.load(tmp_path / "ours.pth", weights_only=True)
     old["rng"]["numpy"] = np.random.get_state()

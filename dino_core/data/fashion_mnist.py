@@ -1,6 +1,10 @@
 """Fashion-MNIST read offline from its IDX files (gzipped or raw): 60,000 train / 10,000 test,
 28 x 28 grayscale, 10 classes. Images are returned as 3-channel PIL RGB.
 
+Splits: ``"train"`` = train images 0-49,999 (pre-training, the k-NN bank, the linear probe's train
+set), ``"val"`` = train images 50,000-59,999 (a holdout carved from the train split: every choice
+is made on it), ``"test"`` = the 10,000 test images (reported numbers only).
+
 Where the files are looked for, in ``root``: ``root/<name>[.gz]`` and torchvision's layout
 ``root/FashionMNIST/raw/<name>[.gz]``. The Debian package ``dataset-fashion-mnist`` installs them
 in :data:`DEBIAN_ROOT`, the default root.
@@ -25,8 +29,9 @@ logger = logging.getLogger(__name__)
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-         "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+FILES = {"train": TRAIN_FILES, "val": TRAIN_FILES, "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+HOLDOUT = 6   # the last 1/HOLDOUT of the train files (10,000 of 60,000) form the "val" split
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -74,7 +79,8 @@ def missing_message(root: Path, name: str) -> str:
 
 
 class FashionMNIST(Dataset):
-    """Split ``"train"`` (60,000) or ``"val"`` (the 10,000 test images); items ``(image, label)``
+    """Split ``"train"`` (50,000), ``"val"`` (10,000 held out of the train files) or ``"test"``
+    (the 10,000 test images); items ``(image, label)``
     with ``image = transform(PIL RGB 28 x 28)``, or ``(image, label, mask_transform(silhouette))``
     with a ``mask_transform`` (silhouette: PIL L, 255 where the pixel is > 0, else 0)."""
 
@@ -92,10 +98,13 @@ class FashionMNIST(Dataset):
             if path is None:
                 raise FileNotFoundError(missing_message(self.root, name))
             paths.append(path)
-        self.images, labels = read_idx(paths[0]), read_idx(paths[1])
-        if self.images.ndim != 3 or labels.ndim != 1 or len(self.images) != len(labels):
-            raise ValueError(f"fashion_mnist: {paths[0]} holds {self.images.shape}, {paths[1]} holds "
+        images, labels = read_idx(paths[0]), read_idx(paths[1])
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(f"fashion_mnist: {paths[0]} holds {images.shape}, {paths[1]} holds "
                              f"{labels.shape}; expected (N, H, W) images and N labels")
+        cut = len(labels) - len(labels) // HOLDOUT if split != "test" else 0
+        rows = slice(cut, None) if split == "val" else slice(None, cut or None)
+        self.images, labels = images[rows], labels[rows]
         if len(labels) == 0:
             raise ValueError(f"fashion_mnist: {paths[0]} holds no images")
         if labels.min() < 0 or labels.max() >= len(CLASSES):

@@ -1,8 +1,12 @@
 """The dataset registry: datasets by name for pre-training and evaluation, their statistics and the
 deterministic evaluation transform.
 
-Splits: ``"train"`` (pre-training and the k-NN / linear train set) and ``"val"`` (evaluation); STL-10
-adds ``"unlabeled"`` (its pre-training split, labels -1) and ``"train+unlabeled"``. Items are
+Splits: ``"train"`` (pre-training and the k-NN / linear train set), ``"val"`` (where choices are made:
+the linear probe's lr, the budget, tuning) and, where a dataset has one apart from ``"val"``,
+``"test"`` (where reported numbers are measured: ``DatasetSpec.report_split``; Fashion-MNIST's
+``"val"`` is a holdout carved from its train files). Datasets without a separate test split report
+on ``"val"``, where the choices were made too. STL-10 adds ``"unlabeled"`` (its pre-training split,
+labels -1) and ``"train+unlabeled"``. Items are
 ``(image, label)``, or ``(image, label, mask)`` with ``with_masks=True`` (``shapes`` only), where
 ``mask`` is a bool tensor (H, W). Every dataset exposes ``.targets`` (list[int]) and ``.classes``.
 Downloads (torchvision) happen only with ``download=True``. Corrupt files: our folder layout (shapes)
@@ -66,7 +70,7 @@ def _shapes(root: Path, split: str, transform: Callable | None, download: bool, 
 def _fashion_mnist(root: Path, split: str, transform: Callable | None, download: bool, skip_corrupt: bool,
                    mask_transform: Callable | None) -> Dataset:
     if download and fashion_mnist.find_file(root, fashion_mnist.FILES[split][0]) is None:
-        tv.FashionMNIST(str(root), train=split == "train", download=True)
+        tv.FashionMNIST(str(root), train=split != "test", download=True)
     return fashion_mnist.FashionMNIST(root, split, transform, mask_transform)
 
 
@@ -128,11 +132,13 @@ class DatasetSpec:
     splits: tuple[str, ...] = ("train", "val")
     pretrain_split: str = "train"
     has_masks: bool = False
+    report_split: str = "val"
 
 
 DATASETS: dict[str, DatasetSpec] = {
     "shapes": DatasetSpec(_shapes, SHAPES_STATS, len(shapes.CLASSES), has_masks=True),
-    "fashion_mnist": DatasetSpec(_fashion_mnist, FASHION_MNIST_STATS, len(fashion_mnist.CLASSES), has_masks=True),
+    "fashion_mnist": DatasetSpec(_fashion_mnist, FASHION_MNIST_STATS, len(fashion_mnist.CLASSES),
+                                 ("train", "val", "test"), has_masks=True, report_split="test"),
     "cifar10": DatasetSpec(_cifar(tv.CIFAR10, "cifar-10-batches-py"), CIFAR10_STATS, 10),
     "cifar100": DatasetSpec(_cifar(tv.CIFAR100, "cifar-100-python"), CIFAR100_STATS, 100),
     "stl10": DatasetSpec(_stl10, IMAGENET_STATS, 10, ("train", "val", "unlabeled", "train+unlabeled"),
@@ -183,16 +189,17 @@ def mask_transform(image_size: int) -> Callable:
 
 
 class LimitedDataset(Dataset):
-    """The first ``limit`` samples of a class-balanced round robin (class order kept), in index order."""
+    """Samples ``skip`` .. ``skip + limit - 1`` of a class-balanced round robin (class order kept), in
+    index order: ``skip = 0`` gives the first ``limit``, and a later ``skip`` never overlaps them."""
 
-    def __init__(self, dataset: Dataset, limit: int) -> None:
+    def __init__(self, dataset: Dataset, limit: int, skip: int = 0) -> None:
         seen: Counter = Counter()
         rank = []
         for index, label in enumerate(dataset.targets):
             rank.append((seen[label], label, index))
             seen[label] += 1
         self.dataset = dataset
-        self.indices = sorted(index for _, _, index in sorted(rank)[:limit])
+        self.indices = sorted(index for _, _, index in sorted(rank)[skip:skip + limit])
         self.targets = [dataset.targets[i] for i in self.indices]
         self.classes = dataset.classes
 
@@ -205,11 +212,12 @@ class LimitedDataset(Dataset):
 
 def build_dataset(name: str, root: str | os.PathLike, split: str, transform: Callable | None = None, *,
                   download: bool = False, skip_corrupt: bool = False, with_masks: bool = False,
-                  limit: int | None = None, mask_size: int | None = None) -> Dataset:
+                  limit: int | None = None, skip: int = 0, mask_size: int | None = None) -> Dataset:
     """Dataset ``name`` at ``root``: items ``(transform(PIL RGB), label)`` or, with ``with_masks``,
     ``(image, label, mask)``. The mask (bool, (S, S)) gets the eval resize + center crop with
     S = ``mask_size`` or ``transform.image_size`` (an :class:`EvalTransform`); without either it keeps
-    the image's native size. ``limit`` keeps a class-balanced subset of that many samples.
+    the image's native size. ``limit`` keeps a class-balanced subset of that many samples, after the
+    first ``skip`` of the same round robin (:class:`LimitedDataset`).
     """
     entry = spec(name)
     if split not in entry.splits:
@@ -223,11 +231,13 @@ def build_dataset(name: str, root: str | os.PathLike, split: str, transform: Cal
     dataset = entry.build(root, split, transform, download, skip_corrupt, masks)
     if len(dataset) == 0:
         raise ValueError(f"{name}: the {split} split under {root} holds no samples")
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1 or None, got {limit}")
-        if limit < len(dataset):
-            dataset = LimitedDataset(dataset, limit)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 or None, got {limit}")
+    if skip or (limit is not None and limit < len(dataset)):
+        if skip + (limit or 0) > len(dataset):
+            raise ValueError(f"{name}: the {split} split under {root} has {len(dataset)} samples, fewer than "
+                             f"skip {skip} + limit {limit}")
+        dataset = LimitedDataset(dataset, limit if limit is not None else len(dataset) - skip, skip)
     logger.info("%s/%s: %d samples, %d classes from %s", name, split, len(dataset), len(dataset.classes), root)
     return dataset
 

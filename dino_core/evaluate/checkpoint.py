@@ -26,11 +26,8 @@ from torch import Tensor
 
 from ..config import EvalConfig
 from ..vit import ARCHS, VisionTransformer, build_vit
-from .attention import attention_jaccard
-from .collapse import collapse_verdict, feature_metrics
-from .features import knn_and_linear_features
-from .knn import knn_classify
-from .linear import sweep_linear
+from .collapse import collapse_verdict
+from .protocol import EvalSets, evaluate_backbone
 
 log = logging.getLogger(__name__)
 
@@ -158,38 +155,24 @@ def write_json_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def evaluate_checkpoint(ckpt_path: str | Path, train_loader: Any, val_loader: Any, cfg: EvalConfig, *,
-                        arch: str = "vit_small", patch_size: int = 16, embed_dim: int = 192, depth: int = 12,
-                        num_heads: int = 3, checkpoint_key: str | None = "teacher", mask_loader: Any = None,
-                        out_json: str | Path | None = None, device: str | torch.device | None = None,
-                        precision: str = "fp32", weights_only: bool = True) -> dict[str, Any]:
-    """k-NN (cfg.knn_k, cfg.knn_temp), backbone collapse stats on val features, linear probe if
-    cfg.linear_epochs > 0, attention Jaccard if ``mask_loader``; one JSON written atomically
-    (rank 0 only under DDP). ``arch="auto"``: sizes from the weights (:func:`load_backbone`); the
-    JSON records the architecture built. cfg.batch_size is the loaders' business (they are given)."""
+def evaluate_checkpoint(ckpt_path: str | Path, sets: EvalSets, cfg: EvalConfig, *, arch: str = "vit_small",
+                        patch_size: int = 16, embed_dim: int = 192, depth: int = 12, num_heads: int = 3,
+                        checkpoint_key: str | None = "teacher", out_json: str | Path | None = None,
+                        device: str | torch.device | None = None, precision: str = "fp32",
+                        weights_only: bool = True, seed: int = 0) -> dict[str, Any]:
+    """protocol.evaluate_backbone of the checkpoint's backbone (k-NN, linear probe if cfg.linear_epochs
+    > 0, attention Jaccard if the report set has masks), its collapse verdict on the report features,
+    and the architecture built; one JSON written atomically (rank 0 only under DDP). ``arch="auto"``:
+    sizes from the weights (:func:`load_backbone`)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_backbone(ckpt_path, arch, patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                           checkpoint_key=checkpoint_key, weights_only=weights_only)
-    n, pool = (cfg.n_last_blocks, cfg.avgpool_patchtokens) if cfg.linear_epochs > 0 else (1, False)
-    ex = {"precision": precision, "device": device}
-    tr_f, tr_lin, tr_y = knn_and_linear_features(model, train_loader, n, pool, **ex)
-    va_f, va_lin, va_y = knn_and_linear_features(model, val_loader, n, pool, **ex)
-    for name, y in (("train", tr_y), ("val", va_y)):
-        if y is None or bool((y < 0).any()):
-            raise ValueError(f"k-NN needs labels, but the {name} dataset yields unlabelled items "
-                             "(expected (image, label) with label >= 0)")
     m: dict[str, Any] = {"checkpoint": str(ckpt_path), "checkpoint_key": checkpoint_key,
                          "arch": arch if arch != "auto" else infer_arch(model.state_dict())["arch"],
                          "patch_size": model.patch_size, "embed_dim": model.embed_dim, "depth": len(model.blocks),
-                         "num_heads": model.num_heads, "n_train": len(tr_f), "n_val": len(va_f)}
-    m.update(knn_classify(tr_f.to(device), tr_y, va_f.to(device), va_y, cfg.knn_k, cfg.knn_temp))
-    m.update(feature_metrics(va_f))
+                         "num_heads": model.num_heads}
+    m.update(evaluate_backbone(model, cfg, sets, device, seed, precision))
     m["collapsed"], m["collapse_reason"] = collapse_verdict(m)
-    if cfg.linear_epochs > 0:
-        m.update(sweep_linear(tr_lin, tr_y, va_lin, va_y, epochs=cfg.linear_epochs, base_lrs=cfg.linear_lr,
-                              batch_size=cfg.linear_batch_size, device=device))
-    if mask_loader is not None:
-        m.update(attention_jaccard(model, mask_loader, cfg.attn_threshold, device))
     if out_json is not None and (not dist.is_initialized() or dist.get_rank() == 0):
         write_json_atomic(m, out_json)
         log.info("wrote %s", out_json)

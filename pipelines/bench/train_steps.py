@@ -28,8 +28,9 @@ def _batches(run: Run, epoch: int) -> Iterator[list[torch.Tensor]]:
 
 
 def bench_train_steps(cfg: Config, warmup: int, steps: int) -> dict:
-    """Median wall and process-CPU seconds per step (data / step parts), steps per epoch, and the
-    process peak memory (MB, absolute: as a cell's ``peak_mem_mb``) of ``steps`` real steps."""
+    """Median wall and process-CPU seconds per step (data / step parts), steps per epoch, the
+    process peak memory (MB, absolute: as a cell's ``peak_mem_mb``) of ``steps`` real steps, and each
+    step's process-CPU seconds (``cpu_s_steps``: the protocol's cost test compares rows on them)."""
     from pipelines.cell import pretrain_dataset   # the cell's own dataset (limit, split, root)
     run = setup(cfg, pretrain_dataset(cfg), *NORMALIZATION[cfg.data.dataset])
     n = len(run.loader)
@@ -49,4 +50,5 @@ def bench_train_steps(cfg: Config, warmup: int, steps: int) -> dict:
     return {"s_per_step": statistics.median(wall), "cpu_s_per_step": statistics.median(cpu),
             "data_s_per_step": statistics.median(data), "steps_per_epoch": n,
             "cpu_s_per_epoch": statistics.median(cpu) * n, "peak_mem_mb": mem.total_mb,
-            "precision": run.precision, "threads": torch.get_num_threads(), "steps": steps}
+            "precision": run.precision, "threads": torch.get_num_threads(), "steps": steps,
+            "cpu_s_steps": [round(c, 5) for c in cpu]}

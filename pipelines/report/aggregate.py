@@ -1,9 +1,9 @@
-"""Seeds -> rows: mean, std, n, collapse votes and final entropy; the agreement rule per row."""
+"""Seeds -> rows: mean, std, n, collapse votes and final entropy."""
 from __future__ import annotations
 
 import pandas as pd
 
-from .model import APPROX_PAPER, APPROX_SLACK, CHANCE_MARGIN, COLLAPSE_PAPER_MAX, KEYS, Stats
+from .model import CHANCE_MARGIN, KEYS, Stats
 
 
 def _as_bool(s: pd.Series) -> pd.Series:
@@ -45,7 +45,7 @@ def aggregate(cells: pd.DataFrame, num_classes: int | None = None) -> pd.DataFra
     out["not_ok"] = g_all["status"].agg(_not_ok_note)
     out["n"] = g.size().reindex(out.index).fillna(0).astype(int)
     out["n_collapsed"] = g["collapsed_seed"].sum().reindex(out.index).fillna(0).astype(int)
-    for col, name in (("knn20_top1", "knn"), ("linear_top1_best", "lin"), ("epoch_time_s", "time"),
+    for col, name in (("knn20_top1", "knn"), ("linear_top1", "lin"), ("epoch_time_s", "time"),
                       ("peak_mem_mb", "mem")):
         grp = num_col(ok, col).groupby([ok["study"], ok["row"]], sort=False)
         out[f"{name}_mean"] = grp.mean().reindex(out.index)
@@ -91,61 +91,3 @@ def stats_of(agg: pd.DataFrame, study: str, row: str) -> Stats:
     r = agg.loc[(study, row)]
     return Stats(int(r["n"]), float(r["knn_mean"]), float(r["knn_std"]), int(r["n_collapsed"]),
                  float(r["lin_mean"]), float(r["lin_std"]))
-
-
-def paper_value(paper: dict | None, metric: str | None = None) -> float | None:
-    paper = paper or {}
-    if metric:
-        return paper.get(metric)
-    return paper.get("knn") if paper.get("knn") is not None else paper.get("linear")
-
-
-def paper_collapses(paper: dict | None) -> bool | None:
-    """True: the paper says the row collapses; False: it learns; None: the paper says nothing."""
-    paper = paper or {}
-    if paper.get("collapse") is not None:
-        return bool(paper["collapse"])
-    v = paper_value(paper)
-    return None if v is None else v <= COLLAPSE_PAPER_MAX
-
-
-def _direction(paper: dict, ours: Stats, dpaper: dict | None, dours: Stats | None) -> tuple[str, str]:
-    metric = next((m for m in ("knn", "linear") if paper_value(paper, m) is not None
-                   and paper_value(dpaper, m) is not None), None)
-    if metric is None or paper_collapses(dpaper):
-        return "yes", "learns, as in the paper (no paper effect vs the default row)"
-    if dours is None or dours.n == 0 or dours.collapsed or dours.split:
-        return "inconclusive", "our default row has no ok seed or collapsed"
-    dp = paper_value(paper, metric) - paper_value(dpaper, metric)
-    ours_metric = "linear" if metric == "linear" and ours.has_linear and dours.has_linear else "knn"
-    ours, dours = (ours.as_linear(), dours.as_linear()) if ours_metric == "linear" else (ours, dours)
-    do = ours.mean - dours.mean
-    noise = (ours.noise_std + dours.noise_std) / 2
-    tag = f"paper Δ {dp:+.1f} ({metric}), ours Δ {do:+.1f} ({ours_metric}), noise {noise:.1f}"
-    tag += "; n=1: no spread" if min(ours.n, dours.n) < 2 else ""
-    if abs(dp) < APPROX_PAPER:
-        limit = APPROX_SLACK + 2 * noise
-        return ("yes" if abs(do) <= limit else "no"), f"{tag}; paper ≈, limit {limit:.1f}"
-    if abs(do) <= noise:
-        return "inconclusive", f"{tag}; ours Δ within the noise"
-    return ("yes" if (do > 0) == (dp > 0) else "no"), tag
-
-
-def agreement(paper: dict | None, ours: Stats, dpaper: dict | None, dours: Stats | None,
-              is_default: bool) -> tuple[str, str]:
-    """(verdict, reason) of one row: the rule in AGREEMENT_RULE. Verdicts: VERDICTS."""
-    says = paper_collapses(paper)
-    if says is None:
-        return ("reference", "default row") if is_default else ("n/a", "no paper number")
-    if ours.n == 0:
-        return "inconclusive", "no ok seed"
-    if ours.split:
-        return "inconclusive", f"seeds split: collapsed in {ours.n_collapsed}/{ours.n}"
-    col = f"collapsed in {ours.n_collapsed}/{ours.n}"
-    if says:
-        return ("yes" if ours.collapsed else "no"), f"paper collapses; ours {col}"
-    if ours.collapsed:
-        return "no", f"paper learns; ours {col}"
-    if is_default:
-        return "reference", "default row (learns, as in the paper)"
-    return _direction(paper, ours, dpaper, dours)

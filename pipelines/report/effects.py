@@ -1,138 +1,102 @@
-"""The paper effects the issue names, each checked on its study rows: reproduced or not."""
+"""The paper's effects of the summary (ablations/protocol.yaml `effects`), one Holm family."""
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import pandas as pd
 
-from .aggregate import stats_of
-from .model import APPROX_SLACK, ENTROPY_LOGK, ENTROPY_ZERO, Effect, Stats
-from .tables import finite, fmt_mean_std, fmt_num
+from ..protocol import row_seeds, study_metric
+from .model import Effect
+from .stats import NAN, ci, p_direction, p_one_sample, p_tost
+from .tables import fmt_mean_std, fmt_num
+from .verdicts import COLUMN, Result, _mean_std, decide, post_hoc_tag, row_result, values
+
+JACCARD = "jaccard_best_head"
 
 
-@dataclass(frozen=True)
-class EffectSpec:
-    """A paper effect checked on (study, rows). kind: collapse ((row, expect_collapsed), ...),
-    entropy (row, "zero" | "log_k"), better (a, b: a beats b), approx (a, b), cost (rows by crops)."""
-    text: str
-    kind: str
-    study: str
-    rows: tuple
+def _target(protocol: dict, studies: dict, study: str, rows: list[str]) -> int:
+    s = studies.get(study)
+    if s is None:
+        return 3
+    return min(len(row_seeds(protocol, s, next(r for r in s["rows"] if r["name"] == n))) for n in rows)
 
 
-EFFECTS = (
-    EffectSpec("No momentum (teacher = student copy) collapses", "collapse", "table7_components",
-               (("no_momentum", True),)),
-    EffectSpec("Previous-iteration teacher collapses", "collapse", "fig6_teacher", (("previous_iteration", True),)),
-    EffectSpec("No centering (sharpening only): teacher entropy → 0", "entropy", "fig7_collapse",
-               ("sharpening_only", "zero")),
-    EffectSpec("No sharpening (centering only): teacher entropy → ln K", "entropy", "fig7_collapse",
-               ("centering_only", "log_k")),
-    EffectSpec("Constant τt = 0.08 collapses while warm-up 0.04 → 0.07 does not", "collapse",
-               "teacher_temperature", (("tt_0.08", True), ("tt_warmup", False))),
-    EffectSpec("Center momentum 0.999 collapses", "collapse", "center_momentum", (("cm_0.999", True),)),
-    EffectSpec("Multi-crop (2 global + 6 local) beats 2 crops", "better", "multicrop", ("mc_2x2_6", "mc_2")),
-    EffectSpec("CE beats MSE", "better", "table7_components", ("dino", "mse")),
-    EffectSpec("More crops cost more time and memory", "cost", "multicrop",
-               ("mc_2", "mc_2x2_2", "mc_2x2_6", "mc_2x2_10")),
-    EffectSpec("Sinkhorn-Knopp ≈ centering", "approx", "table7_components", ("sinkhorn", "dino")),
-)
+def _pair(protocol: dict, spec: dict, seeds: pd.DataFrame, studies: dict, how: str) -> Result:
+    column = COLUMN[study_metric(protocol, spec["study"])]
+    a, b = (values(seeds, spec["study"], r, column) for r in spec["rows"][:2])
+    r = Result(how, min(len(a), len(b)), _target(protocol, studies, spec["study"], spec["rows"][:2]), *_mean_std(a))
+    if len(a) >= 2 and len(b) >= 2:
+        r.delta, r.ci = r.mean - _mean_std(b)[0], ci(a, b)
+    margin = protocol["tests"]["equivalence"]["margin"]
+    r.p = p_direction(a, b, +1) if how == "direction" else p_tost(a, b, margin)
+    r.detail = (f"{spec['rows'][0]} {fmt_mean_std(*_mean_std(a), len(a))} vs {spec['rows'][1]} "
+                f"{fmt_mean_std(*_mean_std(b), len(b))} ({column.split('_')[0]}); "
+                + ("one-sided Welch" if how == "direction" else f"TOST ±{margin:g}"))
+    return r
 
 
-def _combine(statuses: list[str]) -> str:
-    if "not reproduced" in statuses:
-        return "not reproduced"
-    return "reproduced" if statuses and all(s == "reproduced" for s in statuses) else "inconclusive"
+def _entropy(protocol: dict, spec: dict, seeds: pd.DataFrame, studies: dict) -> Result:
+    ok = seeds[(seeds.study == spec["study"]) & (seeds.row == spec["rows"][0]) & seeds.ok]
+    ratio = (pd.to_numeric(ok.get("teacher_entropy"), errors="coerce") / pd.to_numeric(ok.get("log_K"), errors="coerce")
+             if "teacher_entropy" in ok and "log_K" in ok else pd.Series(dtype=float))
+    x = [float(v) for v in ratio.dropna()]
+    t = protocol["tests"]["entropy"]
+    bound, side = (t["zero_below"], "below") if spec["bound"] == "zero" else (t["log_k_above"], "above")
+    r = Result("entropy", len(x), _target(protocol, studies, spec["study"], spec["rows"]), *_mean_std(x))
+    r.p = p_one_sample(x, bound, side)
+    r.detail = f"h(Pt)/ln K {fmt_mean_std(r.mean, r.std, r.n, 2)}, one-sample t, H1: {side} {bound:g}"
+    return r
 
 
-def _effect_collapse(spec: EffectSpec, agg: pd.DataFrame, ent: pd.DataFrame) -> tuple[str, str]:
-    statuses, parts = [], []
-    for row, expect in spec.rows:
-        s = stats_of(agg, spec.study, row)
-        if s.n == 0 or s.split:
-            statuses.append("inconclusive")
-            parts.append(f"{row}: " + ("no ok seed" if s.n == 0 else f"collapsed {s.n_collapsed}/{s.n} (split)"))
-            continue
-        statuses.append("reproduced" if s.collapsed == expect else "not reproduced")
-        parts.append(f"{row}: collapsed {s.n_collapsed}/{s.n}, k-NN {fmt_mean_std(s.mean, s.std, s.n)}")
-    return _combine(statuses), "; ".join(parts)
+def _cost(spec: dict, cost: dict | None) -> Result:
+    rows = {(c["study"], c["row"]): c for c in (cost or {}).get("rows", [])}
+    got = [rows.get((spec["study"], name)) for name in spec["rows"]]
+    r = Result("cost", sum(g is not None for g in got), len(spec["rows"]))
+    if any(g is None or "cpu_s_steps" not in g for g in got):
+        r.detail = "per-step times of every row needed (stage cost)"
+        return r
+    ps = [p_direction(b["cpu_s_steps"], a["cpu_s_steps"], +1) for a, b in zip(got, got[1:])]
+    rising_mem = all(b["peak_mem_mb"] > a["peak_mem_mb"] for a, b in zip(got, got[1:]))
+    r.p = max(ps) if rising_mem else 1.0
+    r.detail = "; ".join(f"{n}: {fmt_num(g['cpu_s_per_step'], 3)} s/step, {fmt_num(g['peak_mem_mb'], 0)} MB"
+                         for n, g in zip(spec["rows"], got)) + " (max of the consecutive one-sided Welch p)"
+    return r
 
 
-def _effect_entropy(spec: EffectSpec, agg: pd.DataFrame, ent: pd.DataFrame) -> tuple[str, str]:
-    row, target = spec.rows
-    if (spec.study, row) not in ent.index:
-        return "inconclusive", f"{row}: no training curve"
-    e = ent.loc[(spec.study, row)]
-    ratio = float(e["ent_mean"])
-    if target == "zero":
-        ok, rule = ratio < ENTROPY_ZERO, f"< {ENTROPY_ZERO:g} ln K"
-    else:
-        ok, rule = ratio > ENTROPY_LOGK, f"> {ENTROPY_LOGK:g} ln K"
-    return ("reproduced" if ok else "not reproduced"), (
-        f"{row}: last-epoch teacher entropy {fmt_mean_std(ratio, e['ent_std'], int(e['ent_n']), 2)} ln K "
-        f"(n={int(e['ent_n'])}), reproduced if {rule}")
+def _attention(protocol: dict, spec: dict, seeds: pd.DataFrame) -> Result:
+    vals = [values(seeds, spec["study"], name, JACCARD) for name in spec["rows"]]
+    r = Result("attention", min(len(v) for v in vals), 3, *_mean_std(vals[0]))
+    ps = [p_direction(a, b, +1) for a, b in zip(vals, vals[1:])]
+    r.p = NAN if any(p != p for p in ps) else max(ps)
+    r.detail = "; ".join(f"{n} {fmt_mean_std(*_mean_std(v), len(v))}" for n, v in zip(spec["rows"], vals)) \
+        + " (Jaccard %, best head; max of the two one-sided Welch p)"
+    return r
 
 
-def _pair(spec: EffectSpec, agg: pd.DataFrame) -> tuple[Stats, Stats, str]:
-    (a, b), sa, sb = spec.rows, stats_of(agg, spec.study, spec.rows[0]), stats_of(agg, spec.study, spec.rows[1])
-    text = (f"{a}: {fmt_mean_std(sa.mean, sa.std, sa.n)} (n={sa.n}, collapsed {sa.n_collapsed}); "
-            f"{b}: {fmt_mean_std(sb.mean, sb.std, sb.n)} (n={sb.n}, collapsed {sb.n_collapsed})")
-    return sa, sb, text
-
-
-def _effect_better(spec: EffectSpec, agg: pd.DataFrame, ent: pd.DataFrame) -> tuple[str, str]:
-    sa, sb, text = _pair(spec, agg)
-    if sa.n == 0 or sb.n == 0:
-        return "inconclusive", text
-    delta, noise = sa.mean - sb.mean, (sa.noise_std + sb.noise_std) / 2
-    text += f"; Δ {delta:+.1f}, noise {noise:.1f}"
-    if sa.collapsed and not sb.collapsed:
-        return "not reproduced", text
-    if delta > noise:
-        return "reproduced", text
-    return ("not reproduced" if delta < -noise else "inconclusive"), text
-
-
-def _effect_approx(spec: EffectSpec, agg: pd.DataFrame, ent: pd.DataFrame) -> tuple[str, str]:
-    sa, sb, text = _pair(spec, agg)
-    if sa.n == 0 or sb.n == 0:
-        return "inconclusive", text
-    delta, noise = sa.mean - sb.mean, (sa.noise_std + sb.noise_std) / 2
-    limit = APPROX_SLACK + 2 * noise
-    text += f"; |Δ| {abs(delta):.1f} vs limit {limit:.1f}"
-    ok = abs(delta) <= limit and sa.collapsed == sb.collapsed
-    return ("reproduced" if ok else "not reproduced"), text
-
-
-def _effect_cost(spec: EffectSpec, agg: pd.DataFrame, ent: pd.DataFrame) -> tuple[str, str]:
-    idx = [(spec.study, r) for r in spec.rows]
-    if any(i not in agg.index for i in idx):
-        return "inconclusive", "not every row has results"
-    t, m = [float(agg.loc[i, "time_mean"]) for i in idx], [float(agg.loc[i, "mem_mean"]) for i in idx]
-    apart = all(bool(agg.loc[i].get("cost_apart", False)) for i in idx)
-    text = ("measured apart, CPU time: " if apart else "in the grid: ") + "; ".join(
-        f"{r}: {fmt_num(a)} s/epoch, {fmt_num(b, 0)} MB" for r, a, b in zip(spec.rows, t, m))
-    if not all(map(finite, t + m)):
-        return "inconclusive", text
-    rising = (lambda v: all(y > x for x, y in zip(v, v[1:])))
-    if rising(t) and rising(m):
-        return "reproduced", text + "; both rise with every added crop"
-    if t[-1] <= t[0] or m[-1] <= m[0]:
-        return "not reproduced", text
-    return "inconclusive", text + "; rises overall but not at every step"
-
-
-EFFECT_CHECKS = {"collapse": _effect_collapse, "entropy": _effect_entropy, "better": _effect_better,
-                 "approx": _effect_approx, "cost": _effect_cost}
-
-
-def effects_summary(agg: pd.DataFrame, ent: pd.DataFrame, specs: tuple = EFFECTS) -> list[Effect]:
-    """One line per paper effect: reproduced / not reproduced / inconclusive, with our numbers."""
+def effect_results(protocol: dict, seeds: pd.DataFrame, studies: dict, cost: dict | None) -> list[Result]:
     out = []
-    for spec in specs:
-        if spec.study not in set(agg.index.get_level_values("study")):
-            out.append(Effect(spec.text, "inconclusive", f"study {spec.study} not in the results"))
-            continue
-        status, numbers = EFFECT_CHECKS[spec.kind](spec, agg, ent)
-        out.append(Effect(spec.text, status, numbers))
+    for spec in protocol["effects"]:
+        test = spec["test"]
+        if test == "collapse":
+            study = studies.get(spec["study"])
+            row = next((x for x in (study or {}).get("rows", []) if x["name"] == spec["rows"][0]), None)
+            r = row_result(protocol, study, row, seeds) if row else Result("collapse", 0, 3)
+        elif test in ("direction", "equivalence"):
+            r = _pair(protocol, spec, seeds, studies, test)
+        elif test == "entropy":
+            r = _entropy(protocol, spec, seeds, studies)
+        elif test == "cost":
+            r = _cost(spec, cost)
+        else:
+            r = _attention(protocol, spec, seeds)
+        out.append(r)
+    decide(out, protocol["alpha"])
     return out
+
+
+def effects_summary(protocol: dict, seeds: pd.DataFrame, studies: dict, cost: dict | None) -> list[Effect]:
+    """One line per paper effect: its test, p (raw and Holm over the effects) and the verdict."""
+    lines = []
+    for spec, r in zip(protocol["effects"], effect_results(protocol, seeds, studies, cost)):
+        p = f"p {r.p:.3g}, Holm {r.p_holm:.3g}" if r.p == r.p else "no test yet"
+        lines.append(Effect(spec["text"], r.verdict + post_hoc_tag(protocol, spec["study"]),
+                            f"{r.detail}; n {r.n}/{r.n_target}; {p}"))
+    return lines

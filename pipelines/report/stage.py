@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from ..protocol import load_protocol
 from .model import Report
 from .readme import build_report
 from .render import render_png
@@ -33,7 +34,7 @@ def write_report(report: Report, results: Path) -> None:
         atomic_write_bytes(base.with_suffix(".md"), table_markdown(t).encode())
         atomic_write_bytes(base.with_suffix(".tex"), table_latex(t).encode())
         atomic_write_bytes(base.with_suffix(".csv"), t.numeric.to_csv(index=False, float_format="%.10g").encode())
-        log.info("table %s: %s", t.study, dict(t.numeric["agrees"].value_counts().sort_index()))
+        log.info("table %s: %s", t.study, dict(t.numeric["verdict"].value_counts().sort_index()))
     for f in report.figures:
         atomic_write_bytes(results / "plots" / f.name, render_png(f, results))
         log.info("plot %s", f.name)
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     results = Path(args.results)
     cells, curves = read_inputs(results)
-    report = build_report(cells, curves, load_studies(Path(args.ablations)), load_extras(results))
+    report = build_report(cells, curves, load_studies(Path(args.ablations)), load_extras(results),
+                          load_protocol(Path(args.ablations).resolve().parent))
     write_report(report, results)
     log.info("report: %d tables, %d plots, README at %s", len(report.tables), len(report.figures),
              results / "README.md")

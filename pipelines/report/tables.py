@@ -5,8 +5,10 @@ import math
 
 import pandas as pd
 
-from .aggregate import agreement, paper_collapses, stats_of
-from .model import AGREEMENT_RULE, CONVENTIONS, Table
+from ..protocol import study_metric
+from .aggregate import stats_of
+from .model import CONVENTIONS, PROTOCOL_RULE, Table
+from .verdicts import Result, post_hoc_tag, study_results
 
 
 def finite(x) -> bool:
@@ -46,23 +48,30 @@ def _entropy_fields(e: pd.Series | None, paper: dict) -> dict:
             "entropy_last_over_lnK_std": get("ent_std"), "entropy_n": int(e["ent_n"]) if e is not None else 0}
 
 
-def row_record(study: dict, row: dict, agg: pd.DataFrame, ent: pd.DataFrame) -> dict:
-    """The numbers of one table row (ours over seeds, the paper's, the agreement verdict)."""
+def _fmt_ci(lo, hi) -> str:
+    return f"[{float(lo):+.1f}, {float(hi):+.1f}]" if finite(lo) and finite(hi) else ""
+
+
+def _fmt_p(p, holm) -> str:
+    return f"{float(p):.3g} ({float(holm):.3g})" if finite(p) and finite(holm) else ""
+
+
+def row_record(protocol: dict, study: dict, row: dict, res: Result, agg: pd.DataFrame, ent: pd.DataFrame) -> dict:
+    """The numbers of one table row: the paper's, ours over seeds, the protocol's test and verdict."""
     sname, name, paper = study["study"], row["name"], row.get("paper") or {}
-    default = next(r for r in study["rows"] if r["name"] == study["default"])
+    metric = study_metric(protocol, sname)
     ours = stats_of(agg, sname, name)
-    verdict, reason = agreement(paper, ours, default.get("paper"), stats_of(agg, sname, default["name"]),
-                                name == study["default"])
     a = agg.loc[(sname, name)] if (sname, name) in agg.index else None
     not_ok = a["not_ok"] if a is not None else ""
     rec = {"row": name, "label": row.get("label", name),
            **{c: str((row.get("columns") or {}).get(c, "")) for c in study["columns"]},
-           "paper_knn": paper.get("knn"), "paper_linear": paper.get("linear"),
-           "paper_collapses": paper_collapses(paper), "n_seeds": int(a["n_seeds"]) if a is not None else 0,
-           "n": ours.n, "knn20_mean": ours.mean, "knn20_std": ours.std, "linear_mean": ours.lin_mean,
-           "linear_std": ours.lin_std, "n_collapsed": ours.n_collapsed,
-           "agrees": verdict, "note": reason + (f"; {not_ok}" if not_ok else "")
-           + ("" if a is not None else "; no cells in cells.csv")}
+           "paper_knn": paper.get("knn"), "paper_linear": paper.get("linear"), "metric": metric,
+           "n_seeds": int(a["n_seeds"]) if a is not None else 0, "n": ours.n, "n_target": res.n_target,
+           "knn20_mean": ours.mean, "knn20_std": ours.std, "linear_mean": ours.lin_mean, "linear_std": ours.lin_std,
+           "n_collapsed": ours.n_collapsed, "delta": res.delta, "ci_low": res.ci[0], "ci_high": res.ci[1],
+           "test": res.test, "p": res.p, "p_holm": res.p_holm,
+           "verdict": res.verdict + post_hoc_tag(protocol, sname, name),
+           "note": res.detail + (f"; {not_ok}" if not_ok else "") + ("" if a is not None else "; no cells yet")}
     if paper_has(study, "time_h") or paper_has(study, "mem_gb"):
         rec.update(_cost_fields(a, paper))
         rec["note"] += "; time, memory: cost stage (CPU s per epoch)" if rec["cost_apart"] else ""
@@ -77,12 +86,10 @@ def display_frame(study: dict, num: pd.DataFrame) -> pd.DataFrame:
     for c in study["columns"]:
         d[c] = num[c].astype(str)
     d["paper k-NN"], d["paper linear"] = num["paper_knn"].map(fmt_num), num["paper_linear"].map(fmt_num)
-    if paper_has(study, "collapse"):
-        d["paper collapse"] = num["paper_collapses"].map({True: "yes", False: "no"}).fillna("")
     d["ours k-NN"] = [fmt_mean_std(m, s, n) for m, s, n in zip(num["knn20_mean"], num["knn20_std"], num["n"])]
     if num["linear_mean"].notna().any():
         d["ours linear"] = [fmt_mean_std(m, s, n) for m, s, n in zip(num["linear_mean"], num["linear_std"], num["n"])]
-    d["n"] = num["n"].astype(str)
+    d["n"] = [f"{n}/{t}" for n, t in zip(num["n"], num["n_target"])]
     d["collapsed"] = [f"{k}/{n}" if n else "" for k, n in zip(num["n_collapsed"], num["n"])]
     if "time_mean_s" in num:
         d["time/epoch (s)"] = [fmt_num(m) if apart else fmt_mean_std(m, s, n) for m, s, n, apart
@@ -93,13 +100,17 @@ def display_frame(study: dict, num: pd.DataFrame) -> pd.DataFrame:
         d["paper entropy"] = num["paper_entropy"].map({"zero": "→ 0", "log_k": "→ ln K"}).fillna("")
         d["ours H(Pt)/ln K"] = [fmt_mean_std(m, s, n, 2) for m, s, n in zip(
             num["entropy_last_over_lnK_mean"], num["entropy_last_over_lnK_std"], num["entropy_n"])]
-    d["agrees"], d["note"] = num["agrees"], num["note"]
+    d["Δ vs default"] = [fmt_num(x) for x in num["delta"]]
+    d["95% CI"] = [_fmt_ci(lo, hi) for lo, hi in zip(num["ci_low"], num["ci_high"])]
+    d["p (Holm)"] = [_fmt_p(p, h) for p, h in zip(num["p"], num["p_holm"])]
+    d["test"], d["verdict"], d["note"] = num["test"], num["verdict"], num["note"]
     empty = [c for c in ("paper k-NN", "paper linear") if (d[c] == "").all()]   # e.g. Table 8 has no k-NN
     return d.drop(columns=empty)
 
 
-def study_table(study: dict, agg: pd.DataFrame, ent: pd.DataFrame) -> Table:
-    num = pd.DataFrame([row_record(study, r, agg, ent) for r in study["rows"]])
+def study_table(protocol: dict, study: dict, seeds: pd.DataFrame, agg: pd.DataFrame, ent: pd.DataFrame) -> Table:
+    res = study_results(protocol, study, seeds)
+    num = pd.DataFrame([row_record(protocol, study, r, res[r["name"]], agg, ent) for r in study["rows"]])
     return Table(study["study"], study.get("title", study["study"]), study.get("source", ""), study["default"],
                  num, display_frame(study, num))
 
@@ -115,7 +126,7 @@ def _latex_escape(text: str) -> str:
 def table_markdown(t: Table) -> str:
     md = t.display.to_markdown(index=False, disable_numparse=True)
     return (f"# {t.title}\n\nSource: {t.source}. Study `{t.study}`, default row `{t.default}`.\n\n{md}\n\n"
-            f"{CONVENTIONS}\n\n{AGREEMENT_RULE}\n")
+            f"{CONVENTIONS}\n\n{PROTOCOL_RULE}\n")
 
 
 def table_latex(t: Table) -> str:
