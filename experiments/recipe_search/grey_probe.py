@@ -2,8 +2,8 @@
 trials on four labels of the val images: the shape class, and 8 quantile bins (of the train split)
 of the object's mean grey, the background's mean grey and the object's area (from the masks).
 
-    python ablations/recipe_search/trajectory.py --trial G100t2s2 --every 10   # keeps budget/runs/G100t2s2
-    python ablations/recipe_search/grey_probe.py G100t2 G100t2s1 G100t2s2
+    python -m experiments.recipe_search.trajectory --trial G100t2s2 --every 10   # keeps budget/runs/G100t2s2
+    python -m experiments.recipe_search.grey_probe G100t2 G100t2s1 G100t2s2
 
 The first line printed is the random-init ViT of the first trial's config. Measured (τt 0.02, 100
 epochs; chance 12.5 for every label):
@@ -30,15 +30,13 @@ import torch
 import yaml
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
 
-from dino_core.config import Config  # noqa: E402
-from dino_core.data.registry import build_dataset  # noqa: E402
-from dino_core.train import build_network  # noqa: E402
-from pipelines.cell import eval_loaders, load_trained  # noqa: E402
+from dino_core.config import Config
+from dino_core.data.registry import build_dataset
+from dino_core.train import build_network
+from pipelines.cell import eval_loaders, load_trained
 
-sys.path.insert(0, str(HERE))
-from colour_probe import BINS, knn_on_labels  # noqa: E402
+from experiments.recipe_search.colour_probe import BINS, knn_on_labels
 
 RUNS = HERE / "budget" / "runs"
 
