@@ -11,7 +11,7 @@ images are the same: a run pre-trained without labels on 10,000 images is read h
 more than it lifts features (10,000 images: raw pixels 84.0 against 63.4, random init 27.2 against
 24.6), so the bank is held fixed and only the pre-training images change. Prints one JSON line per
 run: ``{"trial", "bank", "knn20_top1", ..., "raw_pixels_knn20_top1", ...}`` (every eval.knn_k).
-Measured (session 14, budget.yaml): G40n10k with the 2,000-image bank 63.2 (raw pixels 63.4; the
+Measured (budget.yaml): G40n10k with the 2,000-image bank 63.2 (raw pixels 63.4; the
 default run G200t3gs5m996, pre-trained on those 2,000 only, 63.4); G200t3gs5m996 with the
 10,000-image bank 67.2 (raw pixels 84.0).
 """

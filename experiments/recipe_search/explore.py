@@ -1,8 +1,8 @@
-"""Exploratory recipe trials (session 2): train one variant with k-NN@20 of the teacher every few epochs.
+"""Exploratory recipe trials (the first search for a CPU recipe): train one variant with k-NN@20 of the teacher every few epochs.
 
     python -m experiments.recipe_search.explore --variant L2 [--knn-every 4] [--threads 1]
 
-A variant is a diff over explore_base.yaml (the session-1 default profile), listed in explore.yaml beside
+A variant is a diff over explore_base.yaml (params.yaml of commit ccad37b), listed in explore.yaml beside
 this file; the trajectory goes to experiments/recipe_search/explore/<variant>.jsonl (one line per
 evaluated epoch: loss / ln K, teacher entropy / ln K, KL(teacher||student), k-NN@20 top-1;
 epoch -1 is the random-initialised network). The table of all trials: explore_trials.csv

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# budget.yaml's session-15 shapes trials at once on one CUDA GPU (each its own process: the tiny ViT
+# budget.yaml's GPU shapes trials (HG*) at once on one CUDA GPU (each its own process: the tiny ViT
 # leaves the GPU idle, the host's cores set the pace):
 #   bash experiments/recipe_search/gpu_sweep.sh OUT_DIR [TRAIN_LIMIT_S]
 # Generates the two shapes roots the trials read (32 and 64 px, 2,000 + 1,000 images, seed 0; the

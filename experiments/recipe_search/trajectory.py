@@ -4,7 +4,7 @@
     python -m experiments.recipe_search.trajectory --trial D100t2 --evaluate   # the kept run, as a grid cell
 
 The trial's ``set`` list (budget.yaml, beside this file) is applied to budget_base.yaml (params.yaml
-as it stood until session 11, when its values were today's quick profile; frozen so that the recorded
+of commit 83cabfb, whose values are today's quick profile; frozen so that the recorded
 trials keep their meaning) exactly as ``python -m pipelines.pretrain --params budget_base.yaml --set
 ...`` does (profile first, then the overrides); the run is the
 same training, with the teacher's weighted k-NN (eval.knn_k, eval.knn_temp) measured before the
