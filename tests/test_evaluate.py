@@ -409,7 +409,7 @@ def test_short_pretraining_on_shapes_is_clearly_above_chance(tmp_path):
     (+3.2 / +3.6 / +2.8); the margins below are half of those gains and ten points over chance."""
     root = tmp_path / "shapes"
     prepare_shapes(root, num_train=2000, num_val=1000, workers=2)
-    base = PARAMS.parent / "ablations" / "recipe_search" / "budget_base.yaml"
+    base = PARAMS.parent / "experiments" / "recipe_search" / "budget_base.yaml"
     sets = ["profile=shapes_2crop", f"data.root={root}", "train.epochs=5", "eval.linear_epochs=0"]
     cfg = Config.from_dict(build_params(base, sets))
     train(cfg, tmp_path / "run", pretrain_dataset(cfg), *NORMALIZATION["shapes"])

@@ -2,8 +2,8 @@
 the shape class, the hue of the object and the hue of the background (8 hue bins each, from the
 mean RGB inside / outside the object mask), for random-init and trained weights.
 
-    python ablations/recipe_search/explore.py --variant S7        # trains, keeps explore/runs/S7
-    python ablations/recipe_search/colour_probe.py --variant S7
+    python -m experiments.recipe_search.explore --variant S7        # trains, keeps explore/runs/S7
+    python -m experiments.recipe_search.colour_probe --variant S7
 
 Measured (S7: the default recipe on shapes generator 2, 16 epochs; 2,000 train / 1,000 val):
 random init: shape 14.8, object hue 28.2, background hue 37.7; trained: shape 14.0, object hue
@@ -13,24 +13,21 @@ from __future__ import annotations
 
 import argparse
 import colorsys
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
 
-from dino_core.config import Config  # noqa: E402
-from dino_core.data.registry import build_dataset  # noqa: E402
-from dino_core.evaluate.features import extract_features  # noqa: E402
-from dino_core.evaluate.knn import knn_classify  # noqa: E402
-from dino_core.train import build_network  # noqa: E402
-from pipelines.cell import eval_loaders  # noqa: E402
+from dino_core.config import Config
+from dino_core.data.registry import build_dataset
+from dino_core.evaluate.features import extract_features
+from dino_core.evaluate.knn import knn_classify
+from dino_core.train import build_network
+from pipelines.cell import eval_loaders
 
-sys.path.insert(0, str(HERE))
-from explore import config_of, load_variants  # noqa: E402
+from experiments.recipe_search.explore import config_of, load_variants
 
 BINS = 8
 

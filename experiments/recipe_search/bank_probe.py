@@ -1,8 +1,8 @@
 """Is a shapes cell short of images or of signal? k-NN@20 of a kept budget.yaml run's teacher, and of the
 raw pixels, against the labelled bank of another data root (same val split, same k-NN protocol).
 
-    python ablations/recipe_search/trajectory.py --trial G40n10k --every 10  # keeps budget/runs/G40n10k
-    python ablations/recipe_search/bank_probe.py G40n10k --root data/prototypes/shapes_v3 --num-train 2000
+    python -m experiments.recipe_search.trajectory --trial G40n10k --every 10  # keeps budget/runs/G40n10k
+    python -m experiments.recipe_search.bank_probe G40n10k --root data/prototypes/shapes_v3 --num-train 2000
 
 The shapes generator draws image ``idx`` of a split from ``(seed, split, idx)`` only, so the first
 2,000 training images of a 10,000-image root are the 2,000 of the default root and the 1,000 val
@@ -11,7 +11,7 @@ images are the same: a run pre-trained without labels on 10,000 images is read h
 more than it lifts features (10,000 images: raw pixels 84.0 against 63.4, random init 27.2 against
 24.6), so the bank is held fixed and only the pre-training images change. Prints one JSON line per
 run: ``{"trial", "bank", "knn20_top1", ..., "raw_pixels_knn20_top1", ...}`` (every eval.knn_k).
-Measured (session 14, budget.yaml): G40n10k with the 2,000-image bank 63.2 (raw pixels 63.4; the
+Measured (budget.yaml): G40n10k with the 2,000-image bank 63.2 (raw pixels 63.4; the
 default run G200t3gs5m996, pre-trained on those 2,000 only, 63.4); G200t3gs5m996 with the
 10,000-image bank 67.2 (raw pixels 84.0).
 """
@@ -21,17 +21,15 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
 
-from pipelines.baselines import raw_pixels  # noqa: E402
-from pipelines.cell import eval_loaders, knn_of, load_trained  # noqa: E402
-from trajectory import kept_config  # noqa: E402
+from pipelines.baselines import raw_pixels
+from pipelines.cell import eval_loaders, knn_of, load_trained
+from experiments.recipe_search.trajectory import kept_config
 
 
 def probe(cell: Path, root: str, num_train: int) -> dict:

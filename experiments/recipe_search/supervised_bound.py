@@ -1,7 +1,7 @@
 """What can this backbone learn in a cell's budget when it is given the labels? An upper bound for
 the k-NN of a DINO cell with the same architecture, augmentation, optimiser and number of steps.
 
-    python ablations/recipe_search/supervised_bound.py --name shapes_v3 --set profile=shapes_2crop
+    python -m experiments.recipe_search.supervised_bound --name shapes_v3 --set profile=shapes_2crop
 
 With ``--name`` the result goes to ``supervised/<name>.json`` beside this file (written to a .tmp
 file, then renamed), else to stdout. Each committed JSON holds its ``--set`` list, resolved with the
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -31,17 +30,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-sys.path.insert(0, str(ROOT))
 
-from dino_core.config import Config  # noqa: E402
-from dino_core.data.registry import NORMALIZATION  # noqa: E402
-from dino_core.multicrop import MultiCropAugmentation, MultiCropDataset  # noqa: E402
-from dino_core.optim import Schedules, build_optimizer, clip_gradients  # noqa: E402
-from dino_core.train import build_network  # noqa: E402
-from pipelines.baselines import raw_pixels  # noqa: E402
-from pipelines.cell import eval_loaders, knn_of, pretrain_dataset  # noqa: E402
-from pipelines.pretrain import add_params_arguments, params_of  # noqa: E402
+from dino_core.config import Config
+from dino_core.data.registry import NORMALIZATION
+from dino_core.multicrop import MultiCropAugmentation, MultiCropDataset
+from dino_core.optim import Schedules, build_optimizer, clip_gradients
+from dino_core.train import build_network
+from pipelines.baselines import raw_pixels
+from pipelines.cell import eval_loaders, knn_of, pretrain_dataset
+from pipelines.pretrain import add_params_arguments, params_of
 
 log = logging.getLogger("supervised_bound")
 

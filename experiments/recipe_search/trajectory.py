@@ -1,10 +1,10 @@
 """A budget.yaml trial with its trajectory: k-NN of the teacher at random init and every few epochs.
 
-    python ablations/recipe_search/trajectory.py --trial S20gs6t2 [--every 5] [--threads 1]
-    python ablations/recipe_search/trajectory.py --trial D100t2 --evaluate   # the kept run, as a grid cell
+    python -m experiments.recipe_search.trajectory --trial S20gs6t2 [--every 5] [--threads 1]
+    python -m experiments.recipe_search.trajectory --trial D100t2 --evaluate   # the kept run, as a grid cell
 
 The trial's ``set`` list (budget.yaml, beside this file) is applied to budget_base.yaml (params.yaml
-as it stood until session 11, when its values were today's quick profile; frozen so that the recorded
+of commit 83cabfb, whose values are today's quick profile; frozen so that the recorded
 trials keep their meaning) exactly as ``python -m pipelines.pretrain --params budget_base.yaml --set
 ...`` does (profile first, then the overrides); the run is the
 same training, with the teacher's weighted k-NN (eval.knn_k, eval.knn_temp) measured before the
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
 from pathlib import Path
 
 import torch
@@ -30,13 +29,12 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 BASE = HERE / "budget_base.yaml"   # the params every trial's `set` list applies to (module doc)
-sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
 
-from dino_core.config import Config  # noqa: E402
-from dino_core.evaluate.collapse import collapse_verdict  # noqa: E402
-from explore import record_trajectory  # noqa: E402
-from pipelines.cell import evaluate_cell  # noqa: E402
-from pipelines.pretrain import build_params  # noqa: E402
+from dino_core.config import Config
+from dino_core.evaluate.collapse import collapse_verdict
+from experiments.recipe_search.explore import record_trajectory
+from pipelines.cell import evaluate_cell
+from pipelines.pretrain import build_params
 
 
 def load_trials() -> dict[str, dict]:

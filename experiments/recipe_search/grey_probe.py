@@ -2,8 +2,8 @@
 trials on four labels of the val images: the shape class, and 8 quantile bins (of the train split)
 of the object's mean grey, the background's mean grey and the object's area (from the masks).
 
-    python ablations/recipe_search/trajectory.py --trial G100t2s2 --every 10   # keeps budget/runs/G100t2s2
-    python ablations/recipe_search/grey_probe.py G100t2 G100t2s1 G100t2s2
+    python -m experiments.recipe_search.trajectory --trial G100t2s2 --every 10   # keeps budget/runs/G100t2s2
+    python -m experiments.recipe_search.grey_probe G100t2 G100t2s1 G100t2s2
 
 The first line printed is the random-init ViT of the first trial's config. Measured (τt 0.02, 100
 epochs; chance 12.5 for every label):
@@ -11,12 +11,12 @@ random init (seed 0): shape 24.6, object grey 28.0, background grey 51.8, object
 G100t2 (seed 0): 56.8, 55.3, 31.3, 54.9; G100t2s1: 54.8, 58.3, 36.1, 55.5;
 G100t2s2: 32.6, 52.1, 41.8, 40.4. Every run encodes the object's grey level that both crops share;
 seeds 0 and 1 also encode the outline (and the area that goes with it), seed 2 keeps the grey levels
-of object and background instead. With 2 + 6 crops (session 9) the failing seed moves:
+of object and background instead. With 2 + 6 crops the failing seed moves:
 G100t2mc6: 36.7, 55.3, 39.6, 33.8; G100t2s1mc6: 55.9, 57.6, 41.0, 37.3; G100t2s2mc6: 58.1, 66.8,
-35.6, 37.7 (the random init reads the same as in session 8, on another CPU). With global crops of
-50-100 % (session 10, τt 0.02) the failing seeds learn the outline and let the grey go:
-G100t2s2gs5: 61.1, 41.7, 24.7, 63.4; G100t2s4gs5: 60.5, 49.8, 31.5, 65.0. Session 11 (τt 0.03,
-seed 0): G100t3gs5 58.0, 51.0, 28.7, 64.7; with each view turned at random (crops.rotation 180)
+35.6, 37.7 (the random init reads the same on the other CPU these ran on). With global crops of
+50-100 % (τt 0.02) the failing seeds learn the outline and let the grey go:
+G100t2s2gs5: 61.1, 41.7, 24.7, 63.4; G100t2s4gs5: 60.5, 49.8, 31.5, 65.0. With τt 0.03
+(seed 0): G100t3gs5 58.0, 51.0, 28.7, 64.7; with each view turned at random (crops.rotation 180)
 G100t3gs5r180 56.7, 54.4, 30.5, 67.2; with the paper's teacher momentum 0.996 G100t3gs5m996 60.5,
 55.9, 26.2, 65.3: the area and the object's grey, which both views share, stay encoded throughout.
 """
@@ -30,15 +30,13 @@ import torch
 import yaml
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
 
-from dino_core.config import Config  # noqa: E402
-from dino_core.data.registry import build_dataset  # noqa: E402
-from dino_core.train import build_network  # noqa: E402
-from pipelines.cell import eval_loaders, load_trained  # noqa: E402
+from dino_core.config import Config
+from dino_core.data.registry import build_dataset
+from dino_core.train import build_network
+from pipelines.cell import eval_loaders, load_trained
 
-sys.path.insert(0, str(HERE))
-from colour_probe import BINS, knn_on_labels  # noqa: E402
+from experiments.recipe_search.colour_probe import BINS, knn_on_labels
 
 RUNS = HERE / "budget" / "runs"
 

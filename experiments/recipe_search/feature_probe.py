@@ -4,7 +4,7 @@ the average of the last block's patch tokens and all CLS tokens concatenated, fo
 student and the same architecture at random init (seed of the run).
 
     OMP_NUM_THREADS=1 python -m pipelines.pretrain --out runs/single/D30 --set train.epochs=30
-    python ablations/recipe_search/feature_probe.py runs/single/D30
+    python -m experiments.recipe_search.feature_probe runs/single/D30
 
 The run's training config is read from its config.yaml; the evaluation settings (val size, k-NN
 temperature) from params.yaml. Measured on D30 (budget.yaml; 2,000 / 1,000 Fashion-MNIST images):
@@ -17,21 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
-from dino_core.config import Config  # noqa: E402
-from dino_core.evaluate.features import extract_features  # noqa: E402
-from dino_core.evaluate.knn import knn_classify  # noqa: E402
-from dino_core.train import build_network  # noqa: E402
-from pipelines.cell import eval_loaders, load_trained  # noqa: E402
-from pipelines.params import load_all, resolve_profile  # noqa: E402
+from dino_core.config import Config
+from dino_core.evaluate.features import extract_features
+from dino_core.evaluate.knn import knn_classify
+from dino_core.train import build_network
+from pipelines.cell import eval_loaders, load_trained
+from pipelines.params import load_all, resolve_profile
 
 log = logging.getLogger("feature_probe")
 

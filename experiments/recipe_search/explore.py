@@ -1,9 +1,9 @@
-"""Exploratory recipe trials (session 2): train one variant with k-NN@20 of the teacher every few epochs.
+"""Exploratory recipe trials (the first search for a CPU recipe): train one variant with k-NN@20 of the teacher every few epochs.
 
-    python ablations/recipe_search/explore.py --variant L2 [--knn-every 4] [--threads 1]
+    python -m experiments.recipe_search.explore --variant L2 [--knn-every 4] [--threads 1]
 
-A variant is a diff over explore_base.yaml (the session-1 default profile), listed in explore.yaml beside
-this file; the trajectory goes to ablations/recipe_search/explore/<variant>.jsonl (one line per
+A variant is a diff over explore_base.yaml (params.yaml of commit ccad37b), listed in explore.yaml beside
+this file; the trajectory goes to experiments/recipe_search/explore/<variant>.jsonl (one line per
 evaluated epoch: loss / ln K, teacher entropy / ln K, KL(teacher||student), k-NN@20 top-1;
 epoch -1 is the random-initialised network). The table of all trials: explore_trials.csv
 (`--summarize`). The trained run (checkpoint.pth) stays in explore/runs/<variant>/ (not tracked)
@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,13 +24,12 @@ import torch
 import yaml
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
 
-from dino_core.config import Config  # noqa: E402
-from dino_core.data.registry import NORMALIZATION  # noqa: E402
-from dino_core.train import build_network, train  # noqa: E402
-from pipelines.cell import eval_loaders, knn_of, pretrain_dataset  # noqa: E402
-from pipelines.params import apply_diff  # noqa: E402
+from dino_core.config import Config
+from dino_core.data.registry import NORMALIZATION
+from dino_core.train import build_network, train
+from pipelines.cell import eval_loaders, knn_of, pretrain_dataset
+from pipelines.params import apply_diff
 
 
 def load_variants() -> dict[str, dict]:

@@ -1,4 +1,4 @@
-"""The recorded recipe search (ablations/recipe_search/): a trajectory, full and screened (`--until`).
+"""The recorded recipe search (experiments/recipe_search/): a trajectory, full and screened (`--until`).
 
 A screen trains the first epochs of a longer schedule and must say so: a `.partial.jsonl` file and
 metrics.json status "stopped"; a run that reaches its last epoch is "ok" with a `.jsonl` file.
@@ -6,19 +6,19 @@ metrics.json status "stopped"; a run that reaches its last epoch is "ok" with a 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from dino_core.data.shapes import prepare_shapes
+from experiments.recipe_search.bank_probe import probe
+from experiments.recipe_search.explore import config_of, load_variants, record_trajectory
+from experiments.recipe_search.trajectory import BASE, load_trials, trial_config, trial_sets
 from helpers import PARAMS, tiny_config
+from pipelines.baselines import raw_pixels
 from pipelines.params import load_all, resolve_profile
 from pipelines.pretrain import build_params
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ablations" / "recipe_search"))
-from explore import record_trajectory  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +48,14 @@ def test_trajectory_full_and_screened(tmp_path, shapes_root, one_thread, until, 
 
 def test_every_recorded_trial_still_resolves():
     """The search behind the recipe is reproducible from its records: every explore.yaml variant
-    (a diff over explore_base.yaml, a params.yaml of session 1) and every budget.yaml trial (`set`
+    (a diff over explore_base.yaml, the first params.yaml the search started from) and every budget.yaml trial (`set`
     over budget_base.yaml, as trajectory.py runs it) gives a valid config, however many keys
     dino_core's schema gained since."""
-    from explore import config_of, load_variants
-    from trajectory import load_trials, trial_config
-
     variants = load_variants()
     assert len(variants) >= 20
     for name, variant in variants.items():
         config_of(name, variant["diff"])
-    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "ablations" / "recipe_search"
-                          / "budget.yaml").read_text())["trials"]
+    raw = yaml.safe_load((BASE.parent / "budget.yaml").read_text())["trials"]
     trials = load_trials()
     assert len(trials) >= 100 and len(trials) == len(raw)   # names are unique
     for trial in trials.values():
@@ -67,10 +63,9 @@ def test_every_recorded_trial_still_resolves():
 
 
 def test_trials_resolve_over_frozen_profiles():
-    """A budget.yaml trial must keep the config it ran with when a profile changes (session 15: the
-    shapes profile took multi-crop): FMNIST trials name no profile (budget_base.yaml's, the empty
-    default), shapes trials name shapes_2crop, whose diff is the shapes profile of sessions 12-14."""
-    from trajectory import BASE, load_trials
+    """A budget.yaml trial must keep the config it ran with when a profile changes (the shapes
+    profile now adds multi-crop and batch 64): FMNIST trials name no profile (budget_base.yaml's,
+    the empty default), shapes trials name shapes_2crop, the 2-crop shapes recipe they ran."""
     assert load_all(BASE)["profile"] == "default"
     assert not yaml.safe_load((PARAMS.parent / "ablations" / "profiles" / "default.yaml").read_text())
     named = {s.split("=", 1)[1] for t in load_trials().values() for s in t["set"] if s.startswith("profile=")}
@@ -81,12 +76,11 @@ def test_trials_resolve_over_frozen_profiles():
 
 
 def test_profiles_are_the_recipes_their_trials_measured():
-    """README "Small data and CPU": params.yaml holds the learning recipe (200 epochs, the official
+    """docs/small-scale-recipe.md: params.yaml holds the learning recipe (200 epochs, the official
     head); the `quick` profile that the committed results/ ran at changes six knobs only, back to
-    the 20-epoch BatchNorm-head recipe of sessions 1-11 (the frozen base of the budget.yaml trials);
+    the 20-epoch BatchNorm-head recipe of budget_base.yaml (the frozen base of the budget.yaml trials);
     the default profile equals trial D200nobn and the shapes profile trial G200b64mc6 (its data
     root aside), so the recorded measurements belong to these configs."""
-    from trajectory import BASE, trial_sets
     params = load_all(PARAMS)
     assert params["profile"] == "quick"
     default = resolve_profile({**params, "profile": "default"})
@@ -104,13 +98,10 @@ def test_profiles_are_the_recipes_their_trials_measured():
 
 
 def test_bank_probe_reads_a_run_with_its_own_bank_as_the_run_did(tmp_path, shapes_root, one_thread):
-    """bank_probe.py (README "Small data and CPU", session 14): with the run's own root and images as
+    """bank_probe.py (docs/small-scale-recipe.md, "More images or more steps?"): with the run's own root and images as
     the bank it gives the k-NN the run's trajectory logged at its last epoch and the raw-pixel k-NN of
     pipelines.baselines; a smaller bank is the first images of the split (its raw-pixel k-NN is that of
     a config with that many images)."""
-    from bank_probe import probe
-    from pipelines.baselines import raw_pixels
-
     cfg = tiny_config(data={"dataset": "shapes", "root": str(shapes_root), "image_size": 16,
                             "num_train": 32, "num_val": 16},
                       train={"epochs": 2}, eval={"knn_k": [5], "batch_size": 16})

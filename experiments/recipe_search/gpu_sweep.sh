@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# budget.yaml's session-15 shapes trials at once on one CUDA GPU (each its own process: the tiny ViT
+# budget.yaml's GPU shapes trials (HG*) at once on one CUDA GPU (each its own process: the tiny ViT
 # leaves the GPU idle, the host's cores set the pace):
-#   bash ablations/recipe_search/gpu_sweep.sh OUT_DIR [TRAIN_LIMIT_S]
+#   bash experiments/recipe_search/gpu_sweep.sh OUT_DIR [TRAIN_LIMIT_S]
 # Generates the two shapes roots the trials read (32 and 64 px, 2,000 + 1,000 images, seed 0; the
 # same files as on any machine: index.json's sha256 is logged), runs each trial's trajectory.py for
 # at most TRAIN_LIMIT_S seconds (default 450; SIGINT after that leaves budget/<trial>.jsonl.tmp with
 # the measurements so far) and packs the trajectories and logs into OUT_DIR/sweep.tar.gz.
 # GPU_SWEEP_TRIALS="NAME:UNTIL:EVERY ..." picks the trials (UNTIL empty: the whole schedule).
 set -uo pipefail
-out=$(realpath -m "${1:?usage: bash ablations/recipe_search/gpu_sweep.sh OUT_DIR [TRAIN_LIMIT_S]}")
+out=$(realpath -m "${1:?usage: bash experiments/recipe_search/gpu_sweep.sh OUT_DIR [TRAIN_LIMIT_S]}")
 limit=${2:-450}
 cd "$(dirname "$0")/../.."
 mkdir -p "$out/logs"
@@ -29,14 +29,14 @@ done
 t0=$SECONDS
 for spec in $trials; do
   IFS=: read -r name until every <<<"$spec"
-  timeout --signal=INT --kill-after=20 "$limit" $py ablations/recipe_search/trajectory.py --trial "$name" \
+  timeout --signal=INT --kill-after=20 "$limit" $py -m experiments.recipe_search.trajectory --trial "$name" \
     --every "$every" ${until:+--until "$until"} >"$out/logs/$name.log" 2>&1 &
 done
 wait
 echo "trials ended after $((SECONDS - t0)) s" | tee -a "$out/logs/machine.txt"
 for spec in $trials; do
   IFS=: read -r name _ <<<"$spec"
-  cp ablations/recipe_search/budget/"$name".*jsonl* "$out/logs/" 2>/dev/null
+  cp experiments/recipe_search/budget/"$name".*jsonl* "$out/logs/" 2>/dev/null
   tail -n 2 "$out/logs/$name.log"
 done
 tar -czf "$out/sweep.tar.gz" -C "$out" logs && rm -rf "$out/logs"

@@ -1,12 +1,12 @@
 """Prototype shapes generators tried in the recipe search, and generator 2 for its recorded trials.
 
-    python ablations/recipe_search/shapes_prototypes.py v2 data/prototypes/shapes_v2
-    python ablations/recipe_search/shapes_prototypes.py dark data/prototypes/shapes_dark
-    python ablations/recipe_search/shapes_prototypes.py palette data/prototypes/shapes_palette
-    python ablations/recipe_search/shapes_prototypes.py v2,upright data/prototypes/shapes_upright
-    python ablations/recipe_search/shapes_prototypes.py upright data/prototypes/shapes_v3_upright
-    python ablations/recipe_search/shapes_prototypes.py wide,upright data/prototypes/shapes_v3_r15up
-    python ablations/recipe_search/shapes_prototypes.py small,upright data/prototypes/shapes_v3_r12up
+    python -m experiments.recipe_search.shapes_prototypes v2 data/prototypes/shapes_v2
+    python -m experiments.recipe_search.shapes_prototypes dark data/prototypes/shapes_dark
+    python -m experiments.recipe_search.shapes_prototypes palette data/prototypes/shapes_palette
+    python -m experiments.recipe_search.shapes_prototypes v2,upright data/prototypes/shapes_upright
+    python -m experiments.recipe_search.shapes_prototypes upright data/prototypes/shapes_v3_upright
+    python -m experiments.recipe_search.shapes_prototypes wide,upright data/prototypes/shapes_v3_r15up
+    python -m experiments.recipe_search.shapes_prototypes small,upright data/prototypes/shapes_v3_r12up
 
 Each swaps parts of dino_core.data.shapes_draw (v2 also shapes.render) and writes 2,000 (or a third
 argument) / 1,000 images of 32 px (names joined by commas apply in order):
@@ -33,14 +33,12 @@ from __future__ import annotations
 
 import colorsys
 import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import dino_core.data.shapes as S  # noqa: E402  (writes the files; its render is swapped for v2)
-import dino_core.data.shapes_draw as D  # noqa: E402  (draws one image; its parts are swapped)
+import dino_core.data.shapes as S  # writes the files; its render is swapped for v2
+import dino_core.data.shapes_draw as D  # draws one image; its parts are swapped
 
 PALETTE = np.array([[220, 60, 60], [60, 180, 80], [70, 90, 220], [230, 200, 60]], dtype=np.float32)
 
