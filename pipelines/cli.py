@@ -77,10 +77,10 @@ def resolved_params(params_path: str | Path, overrides: list[str], root: Path = 
     parsed = [parse_override(o) for o in overrides]
     for parts, value in parsed:             # the profile first, as its diff decides what --set must beat
         if parts == ["profile"]:
-            params = merge(params, {"profile": value}, "--set profile")
+            params = _set(params, parts, value, params_path)
     others = [(parts, value) for parts, value in parsed if parts != ["profile"]]
     for parts, value in others:
-        params = merge(params, _nest(parts, value), f"--set {'.'.join(parts)}")
+        params = _set(params, parts, value, params_path)
     name = params.get("profile", "default")
     path = root / "ablations" / "profiles" / f"{name}.yaml"   # an unknown name: resolve_profile names it
     diff = (yaml.safe_load(path.read_text()) or {}) if isinstance(name, str) and path.is_file() else {}
@@ -88,12 +88,19 @@ def resolved_params(params_path: str | Path, overrides: list[str], root: Path = 
     if beaten:
         applied = apply_profile(params, root)
         for parts, value in others:
-            applied = merge(applied, _nest(parts, value), f"--set {'.'.join(parts)}")
+            applied = _set(applied, parts, value, params_path)
         params = {**applied, "profile": "default"}
         log.info("profile %s applied with --set %s over it; the stage reads the resolved values "
                  "(profile default, the empty diff)", name, ", ".join(beaten))
     resolve_profile(params, root)             # validates the core sections as the stage will read them
     return params
+
+
+def _set(params: dict, parts: list[str], value: object, params_path: str | Path) -> dict:
+    try:
+        return merge(params, _nest(parts, value), str(params_path))
+    except ValueError as e:
+        raise ValueError(f"--set {'.'.join(parts)}={value!r}: {e}") from None
 
 
 def _has(d: dict, parts: list[str]) -> bool:
