@@ -194,7 +194,7 @@ def train(cfg: Config, out_dir: str | Path, dataset: Dataset, mean, std,
     if start:
         log.info("resumed from %s at epoch %d", out_dir / "checkpoint.pth", start)
     monitor = CollapseMonitor(cfg.head.out_dim)   # live collapse signal (dino_core/monitor.py)
-    monitor.replay(read_log(logfile)[:start])
+    monitor.replay(ln for ln in read_log(logfile) if ln["epoch"] < start)
     t0, status, result = time.time(), "ok", {}
     for epoch in range(start, cfg.train.epochs):
         te = time.time()
