@@ -6,7 +6,8 @@ with P_s = softmax(s / tau_s), P_t = softmax((g_t - c) / tau_t) and the center
 c <- m c + (1 - m) mean_b g_t  updated after the loss from the raw teacher outputs.
 Variants (Table 7, Fig. 7, Tables 14-15): MSE (BYOL-style 2 - 2 cos), InfoNCE with a memory
 queue (MoCo-v2-style), teacher normalisation none / sinkhorn_knopp / softmax_batch, and
-sharpening off (tau_t = tau_s).
+sharpening off (tau_t = tau_s). tau_t = 0 is the appendix's argmax teacher (App. D "Sharpening",
+k-NN 43.9): P_t is the one-hot of argmax_k (g_t - c)_k, the limit of the softmax as tau_t -> 0.
 """
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ class DINOLoss(nn.Module):
         self.out_dim, self.ncrops, self.n_global = out_dim, ncrops, n_global
         self.student_temp, self.kind, self.normalization = student_temp, kind, normalization
         self.teacher_temps = teacher_temps if sharpening else np.full_like(teacher_temps, student_temp)
+        if normalization in ("sinkhorn_knopp", "softmax_batch") and float(np.min(self.teacher_temps)) == 0.0:
+            raise ValueError(f"loss.teacher_temp = 0 (argmax teacher) needs loss.normalization centering or "
+                             f"none; {normalization!r} divides the scores by tau_t (allowed: tau_t > 0)")
         self.center_momentum, self.sk_iters, self.infonce_temp = center_momentum, sk_iters, infonce_temp
         self.register_buffer("center", torch.zeros(1, out_dim))
         if kind == "infonce":
@@ -66,6 +70,9 @@ class DINOLoss(nn.Module):
         """Targets P_t (n_global*B, K) from raw teacher scores, per the normalisation switch."""
         temp = float(self.teacher_temps[min(epoch, len(self.teacher_temps) - 1)])
         t = teacher_out.float()
+        if temp == 0.0:   # argmax teacher: the tau_t -> 0 limit of the softmax below
+            t = t - self.center if self.normalization == "centering" else t
+            return F.one_hot(t.argmax(dim=-1), t.shape[-1]).to(t.dtype)
         if self.normalization == "centering":
             return F.softmax((t - self.center) / temp, dim=-1)
         if self.normalization == "none":

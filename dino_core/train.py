@@ -24,6 +24,7 @@ from .config import Config, save_config
 from .device import autocast, matmul_shapes, resolve_device, resolve_precision
 from .head import DINOHead, MultiCropWrapper
 from .loss import DINOLoss
+from .monitor import CollapseMonitor, read_log
 from .multicrop import MultiCropAugmentation, MultiCropDataset, n_crops
 from .optim import Schedules, build_optimizer, cancel_last_layer_grads, clip_gradients, peak_memory_mb
 from .teacher import Teacher
@@ -201,6 +202,8 @@ def train(cfg: Config, out_dir: str | Path, dataset: Dataset, mean, std,
         truncate_log(logfile, start)
     if start:
         log.info("resumed from %s at epoch %d", out_dir / "checkpoint.pth", start)
+    monitor = CollapseMonitor(cfg.head.out_dim)   # live collapse signal (dino_core/monitor.py)
+    monitor.replay(ln for ln in read_log(logfile) if ln["epoch"] < start)
     t0, status, result = time.time(), "ok", {}
     for epoch in range(start, cfg.train.epochs):
         te = time.time()
@@ -212,6 +215,7 @@ def train(cfg: Config, out_dir: str | Path, dataset: Dataset, mean, std,
             break
         run.teacher.end_of_epoch()
         result.update(epoch=epoch, epoch_time_s=time.time() - te, peak_mem_mb=peak_memory_mb(run.device))
+        monitor.update(epoch, result, quiet=not D.is_main())
         if D.is_main():
             with open(logfile, "a") as fh:
                 fh.write(json.dumps(result) + "\n")
@@ -223,7 +227,7 @@ def train(cfg: Config, out_dir: str | Path, dataset: Dataset, mean, std,
             break
     metrics = {"status": status, "ln_k": math.log(cfg.head.out_dim), "wall_time_s": time.time() - t0,
                "world_size": D.world_size(), "precision": run.precision, "precision_probe": run.precision_probe,
-               **{f"final_{k}": v for k, v in result.items()}}
+               **monitor.metrics(), **{f"final_{k}": v for k, v in result.items()}}
     if D.is_main():
         atomic_write_json(out_dir / "metrics.json", metrics)
     D.release()   # DDP: leave the group setup() started; rank 0 evaluates alone afterwards

@@ -52,7 +52,8 @@ def measure_costs(params: dict, root: Path = ROOT, warmup: int = WARMUP, steps: 
     cells = [c for c in grid_cells(params, root) if c.study in studies and c.seed == seed]
     rows, t0, busy0, own0 = [], time.time(), _busy_cpu_s(), _own_cpu_s()
     for i, cell in enumerate(cells):
-        log.info("cost %d/%d: %s/%s", i + 1, len(cells), cell.study, cell.row)
+        eta = f"{(time.time() - t0) / i * (len(cells) - i):.0f}s" if i else "-"
+        log.info("cost %d/%d: %s/%s, ETA %s", i + 1, len(cells), cell.study, cell.row, eta)
         r = measure("bench_train_steps", Config.from_dict(cell.params), warmup, steps, threads=1)
         rows.append({"study": cell.study, "row": cell.row, "seed": cell.seed, **r})
         log.info("  %.3f CPU s/step (%.3f s wall, data %.3f s), %d steps/epoch, peak %.0f MB",

@@ -103,8 +103,8 @@ def test_wrong_type(section, key, value, pattern):
 @pytest.mark.parametrize("section,key,value,pattern", [
     # temperatures are open at 0: (0, 10]
     ("loss", "student_temp", 0.0, r"loss\.student_temp: 0\.0 is out of range \(0, 10\]"),
-    ("loss", "teacher_temp", -0.04, r"loss\.teacher_temp: -0\.04 is out of range \(0, 10\]"),
-    ("loss", "warmup_teacher_temp", 0, r"loss\.warmup_teacher_temp: 0\.0 is out of range \(0, 10\]"),
+    ("loss", "teacher_temp", -0.04, r"loss\.teacher_temp: -0\.04 is out of range \[0, 10\]"),   # 0: argmax
+    ("loss", "warmup_teacher_temp", -0.01, r"loss\.warmup_teacher_temp: -0\.01 is out of range \[0, 10\]"),
     ("loss", "student_temp", float("nan"), r"loss\.student_temp: nan is out of range \(0, 10\]"),
     # momenta in [0, 1]
     ("teacher", "momentum", 1.5, r"teacher\.momentum: 1\.5 is out of range \[0, 1\]"),

@@ -339,3 +339,40 @@ def test_diverged_trial_is_recorded_with_a_low_value(tmp_path, shapes_root, monk
     assert t.state == TrialState.COMPLETE and t.value == tune.LOW_VALUE
     assert t.user_attrs["status"] == "diverged" and t.user_attrs["diverged_epoch"] == 0
     assert "teacher_entropy" in t.user_attrs and res.best is None
+
+
+def test_local_worker_follows_omp_num_threads(tmp_path, shapes_root, monkeypatch):
+    """One local worker process beside other jobs: OMP_NUM_THREADS=1 is the trial's torch thread
+    count (the worker used to take every core of the machine, overriding it)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    path = write_params(tmp_path, shapes_root, space=write_space(tmp_path, TEMPS), n_trials=1, epochs=1)
+    res = run(path, tmp_path, executor="local", max_parallel=1, poll_s=0.5)
+    assert all(isinstance(o, dict) for o in res.workers), res.workers
+    (trial,) = load(path).trials
+    assert trial.user_attrs["torch_threads"] == 1
+    assert pd.read_csv(tmp_path / "results" / "trials.csv")["torch_threads"].tolist() == [1]
+
+
+def test_worker_threads_share_the_cores_without_omp_num_threads(monkeypatch):
+    from pipelines.launch import cores, load_launch_config
+    from pipelines.tune.stage import worker_threads
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    local = load_launch_config(None, {"executor": "local", "max_parallel": 2})
+    assert worker_threads(local, 1) == cores() and worker_threads(local, 2) == max(1, cores() // 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert worker_threads(local, 2) == 3
+    assert worker_threads(load_launch_config(None, {"executor": "slurm", "slurm.cpus_per_task": 4}), 1) == 4
+
+
+def test_stage_logs_trials_done_with_an_eta(tmp_path, shapes_root, caplog):
+    from pipelines.tune.progress import progress_line
+    counts = {"done": 3, "running": 2, "COMPLETE": 2, "PRUNED": 1, "FAIL": 0}
+    assert progress_line(counts, 8, 1, 40.0) == ("trials done 3/8 (complete 2, pruned 1, failed 0, running 2), "
+                                                 "elapsed 40s, ETA 100s")          # 20 s per trial, 5 to go
+    assert progress_line({**counts, "done": 1}, 8, 1, 5.0).endswith("ETA -")
+    path = write_params(tmp_path, shapes_root, space=write_space(tmp_path, TEMPS), n_trials=2, epochs=1)
+    with caplog.at_level("INFO", logger="pipelines.tune.progress"):
+        run(path, tmp_path, poll_s=0.5)
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipelines.tune.progress"]
+    assert lines[-1].startswith("tune: trials done 2/2 (complete 2, pruned 0, failed 0, running 0)")
+    assert lines[-1].endswith("ETA 0s")

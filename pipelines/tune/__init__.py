@@ -34,7 +34,12 @@ non-collapsed COMPLETE trial), trials.csv, optimization_history.png, contour_tem
 (teacher x student temperature), param_importances.png (a placeholder image with a logged note
 when there are too few complete trials).
 
-Modules: settings, space, plan, study, objective, worker, outputs, stage.
+Progress: while the workers run, the stage logs "trials done d/n_trials (complete, pruned, failed,
+running), elapsed, ETA" when a trial finishes and at least once a minute (progress.py).
+Threads: each worker runs torch with OMP_NUM_THREADS threads where it is set, else its share of
+the machine's cores (local) or the job's cpus_per_task (SLURM); trials.csv records torch_threads.
+
+Modules: settings, space, plan, study, objective, worker, outputs, progress, stage.
 """
 from __future__ import annotations
 

@@ -81,6 +81,7 @@ def objective(trial: optuna.Trial, plan: Plan, worker: int, fresh: bool) -> floa
     trial.set_user_attr("run_dir", str(run_dir))
     trial.set_user_attr("worker", worker)
     trial.set_user_attr("epochs", cfg.train.epochs)
+    trial.set_user_attr("torch_threads", torch.get_num_threads())   # the worker's share of the cores
     device = resolve_device(cfg.train.device)
     knn_cfg = cfg.replace("eval", knn_k=(s.knn_k,))
     bank, queries = objective_loaders(cfg, s.split, s.holdout_fraction)

@@ -30,7 +30,8 @@ def trials_table(study: optuna.Study, space: Space) -> pd.DataFrame:
         row["status"] = t.user_attrs.get("status")
         row.update({k: t.user_attrs.get(k) for k in (*metric_keys, *COLLAPSE_ATTRS)})
         row.update({"epochs_run": t.user_attrs.get("epochs_run"), "duration_s": dur,
-                    "worker": t.user_attrs.get("worker"), "error": t.user_attrs.get("error")})
+                    "worker": t.user_attrs.get("worker"), "torch_threads": t.user_attrs.get("torch_threads"),
+                    "error": t.user_attrs.get("error")})
         rows.append(row)
     return pd.DataFrame(rows)
 

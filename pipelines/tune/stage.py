@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from ..launch import CellFailed, cores, load_launch_config, local_parallelism, r
 from ..params import ROOT, load_all
 from .outputs import best_trial, write_outputs
 from .plan import make_plan
+from .progress import TrialProgress
 from .settings import tune_settings
 from .study import check_fingerprint, claimed_running, counted, fail_stale, open_study
 from .worker import run_worker
@@ -34,12 +36,7 @@ def run_tune(params: dict, root: Path = ROOT, launch_overrides: dict | None = No
     s0 = tune_settings(params, root)
     launch = load_launch_config(root / "launch.yaml", {
         **(launch_overrides or {}), "local.tasks_per_node": 1, "slurm.tasks_per_node": 1, "slurm.nodes": 1})
-    threads = None                   # torch threads per worker (oversubscribed threads are >10x slower)
-    if launch.executor == "local":   # share this machine's cores between the local worker processes
-        threads = max(1, cores() // max(1, min(s0.n_workers, local_parallelism(launch))))
-    elif launch.executor == "slurm":  # the job's CPUs (torch would take every core of the node)
-        threads = launch.slurm.cpus_per_task
-    plan = make_plan(params, root, threads)           # raises before any trial on bad input
+    plan = make_plan(params, root, worker_threads(launch, s0.n_workers))   # raises before any trial on bad input
     s = plan.settings
     if s.storage.startswith("sqlite") and s.n_workers > 1:
         log.warning("tune: SQLite is not meant for parallel workers; use the journal file or PostgreSQL")
@@ -51,14 +48,31 @@ def run_tune(params: dict, root: Path = ROOT, launch_overrides: dict | None = No
     log.info("tune: study %s in %s: %d/%d trials (%d to resume); space %s", s.study_name, s.storage, have,
              s.n_trials, len(resume), [p.name for p in plan.space.params])
     workers = list(range(s.n_workers)) if have < s.n_trials else sorted(resume)
-    outcomes = run_cells(run_worker, [(plan, w) for w in workers], launch, root / launch.folder,
-                         name="dino-tune") if workers else []
+    outcomes = []
+    if workers:
+        with TrialProgress(s, launch.poll_s):
+            outcomes = run_cells(run_worker, [(plan, w) for w in workers], launch, root / launch.folder,
+                                 name="dino-tune")
     study, _ = open_study(s)
     res = write_outputs(study, plan)
     best = best_trial(study)
     return TuneResult(s.study_name, res["table"], None if best is None else
                       {"number": best.number, "value": best.value, "params": dict(best.params)}, outcomes,
                       res["plots"])
+
+
+def worker_threads(launch, n_workers: int) -> int | None:
+    """torch threads per worker: the job's CPUs on SLURM (torch would take every core of the node);
+    elsewhere OMP_NUM_THREADS where the user set it, else this machine's cores shared between the
+    local workers (oversubscribed threads are >10x slower); None: torch's default (debug, in-process)."""
+    if launch.executor == "slurm":
+        return launch.slurm.cpus_per_task
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    if launch.executor == "local":
+        return max(1, cores() // max(1, min(n_workers, local_parallelism(launch))))
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,186 @@
+"""`dino`: one command for every stage of the suite, one override style (--set SECTION.KEY=VALUE).
+
+    dino grid --set profile=tiny                    # the ablation grid (DVC stage pretrain)
+    dino pretrain --out runs/single/a --set optim.lr=1e-3 --set train.epochs=50
+    dino tune --set tune.n_trials=16 --set tune.n_workers=2
+    dino params --set profile=paper                 # what a stage would read, resolved
+
+Values are YAML (``eval.knn_k=[10,20]``, ``loss.sharpening=false``). ``--set`` changes a value of
+params.yaml and wins over the profile (``--set profile=NAME``, the diff ablations/profiles/NAME.yaml
+that every stage applies over params.yaml): ``--set profile=tiny --set train.epochs=3`` trains 3
+epochs. ``--dry-run`` prints what the stage would read. Options a command does not know go to its
+module (``python -m pipelines.<module> --help``). The ``python -m`` forms stay; DVC's ``dvc exp run
+-S`` is DVC's own (it changes params.yaml, under the profile).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from dino_core.checkpoint import atomic_write_text
+from dino_core.config import merge
+
+from .params import ROOT, apply_profile, load_all, resolve_profile
+from .pretrain import parse_override
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str            # pipelines.<module>
+    summary: str
+    params: bool           # reads params.yaml (takes --params and --set)
+    extra: tuple = ()      # fixed arguments placed before the user's
+    func: str = "main"     # its entry point, called with argv
+
+
+COMMANDS = {
+    "prepare": Command("prepare", "check or generate the data set (DVC stage prepare)", True),
+    "pretrain": Command("pretrain", "one run: pre-train + evaluate into --out (resumes; torchrun for DDP)", True),
+    "grid": Command("grid", "every cell of every study x seed (DVC stage pretrain); writes results/grid.csv", True),
+    "eval": Command("evaluate", "collect the cells' evaluation, baselines, attention maps (DVC stage evaluate)", True),
+    "cost": Command("cost", "Table 8 time and memory per step, one row at a time (DVC stage cost)", True),
+    "tune": Command("tune", "optuna search of the temperatures on your data (DVC stage tune)", True),
+    "params": Command("cli", "print (or --out FILE write) the resolved parameters a stage reads", True),
+    "report": Command("report", "paper-style tables and plots from results/ (DVC stage report)", False),
+    "bench": Command("bench", "time the training step, k-NN and data pipeline (writes results/bench.json)", False),
+    "check": Command("launch.probes", "submit two probe cells with launch.yaml's executor", False, ("check",),
+                     "check_cli"),
+}
+
+KNOBS = """The knobs a DINO run most often needs (the official help strings' advice, paper_reference.md):
+  --set loss.teacher_temp=0.04     0.04 works in most cases; lower it (0.02) if the loss does not
+                                   decrease; above 0.06 held constant it collapses to ln K (App. D)
+  --set loss.warmup_teacher_temp_epochs=30   warm tau_t up from warmup_teacher_temp (paper: 0.04 -> 0.07)
+  --set teacher.momentum=0.996     raise it (0.9995) for small batches (official help at batch 256)
+  --set head.norm_last_layer=false better for ViT-S, can be unstable (true for ViT-B)
+  --set optim.lr=0.0005            at batch 256; scaled linearly with the global batch
+  --set profile=quick|tiny|paper   a diff in ablations/profiles/ (tiny: seconds, for smoke runs)
+A run that sits at ln K or at one prototype is named in the log after 3 epochs (docs/collapse-signal.md)."""
+
+
+def resolved_params(params_path: str | Path, overrides: list[str], root: Path = ROOT) -> dict:
+    """params.yaml with the --set values (pipeline sections and profile included), validated.
+
+    A value the profile also sets wins over the profile: the profile is then applied here and the
+    stage is handed the resolved values under the empty profile `default`. Raises ValueError
+    naming the key when it is unknown or its value invalid."""
+    params = load_all(params_path)
+    parsed = [parse_override(o) for o in overrides]
+    for parts, value in parsed:             # the profile first, as its diff decides what --set must beat
+        if parts == ["profile"]:
+            params = _set(params, parts, value, params_path)
+    others = [(parts, value) for parts, value in parsed if parts != ["profile"]]
+    for parts, value in others:
+        params = _set(params, parts, value, params_path)
+    name = params.get("profile", "default")
+    path = root / "ablations" / "profiles" / f"{name}.yaml"   # an unknown name: resolve_profile names it
+    diff = (yaml.safe_load(path.read_text()) or {}) if isinstance(name, str) and path.is_file() else {}
+    beaten = [".".join(parts) for parts, _ in others if _has(diff, parts)]
+    if beaten:
+        applied = apply_profile(params, root)
+        for parts, value in others:
+            applied = _set(applied, parts, value, params_path)
+        params = {**applied, "profile": "default"}
+        log.info("profile %s applied with --set %s over it; the stage reads the resolved values "
+                 "(profile default, the empty diff)", name, ", ".join(beaten))
+    resolve_profile(params, root)             # validates the core sections as the stage will read them
+    return params
+
+
+def _set(params: dict, parts: list[str], value: object, params_path: str | Path) -> dict:
+    try:
+        return merge(params, _nest(parts, value), str(params_path))
+    except ValueError as e:
+        raise ValueError(f"--set {'.'.join(parts)}={value!r}: {e}") from None
+
+
+def _has(d: dict, parts: list[str]) -> bool:
+    for p in parts:
+        if not isinstance(d, dict) or p not in d:
+            return False
+        d = d[p]
+    return True
+
+
+def _nest(parts: list[str], value: object) -> dict:
+    out: object = value
+    for p in reversed(parts):
+        out = {p: out}
+    return out  # type: ignore[return-value]
+
+
+def view(params: dict, profile: str, root: Path = ROOT) -> dict:
+    """What the stages compute with: the profile chosen, the core sections and `grid` with the profile
+    applied, and `tune` (the file DVC reads as the resolved parameters, see docs/dvc-views.md)."""
+    applied = apply_profile(params, root)
+    out = {"profile": profile, **resolve_profile(params, root)}
+    out.update({k: applied[k] for k in ("grid", "tune") if k in applied})
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="dino", description=__doc__, epilog=KNOBS,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.summary, description=cmd.summary, epilog=KNOBS if cmd.params else None,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--params", default=str(ROOT / "params.yaml"), help="params.yaml to read")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one value of params.yaml (repeatable), e.g. optim.lr=1e-3, "
+                            "profile=tiny, grid.seeds=[0,1], tune.n_trials=16")
+        p.add_argument("--dry-run", action="store_true", help="print the resolved parameters and stop")
+        if name == "params":
+            p.add_argument("--out", help="write them to this YAML file instead of printing")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
+    args, rest = ap.parse_known_args(argv)
+    cmd = COMMANDS[args.command]
+    if not cmd.params:
+        if args.overrides:
+            ap.error(f"dino {args.command} reads no parameters of params.yaml (--set {args.overrides[0]}); "
+                     f"--set applies to: {', '.join(n for n, c in COMMANDS.items() if c.params)}")
+        return _call(cmd, [*cmd.extra, *rest])
+    try:
+        params = resolved_params(args.params, args.overrides)
+        chosen = next((parse_override(o)[1] for o in reversed(args.overrides) if o.split("=")[0].strip() == "profile"),
+                      load_all(args.params).get("profile", "default"))
+    except (ValueError, FileNotFoundError) as e:
+        ap.error(str(e))
+    if args.command == "params" or args.dry_run:
+        text = yaml.safe_dump(view(params, chosen), sort_keys=False)
+        if args.command == "params" and args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(args.out), text)
+        else:
+            sys.stdout.write(text)
+        return 0
+    if args.command == "pretrain":   # a single run: --set applies after the profile (pipelines.pretrain)
+        over = [a for o in args.overrides for a in ("--set", o)]
+        return _call(cmd, ["--params", args.params, *over, *rest])
+    with tempfile.TemporaryDirectory(prefix="dino-params-") as tmp:
+        path = Path(tmp) / "params.yaml"
+        atomic_write_text(path, yaml.safe_dump(params, sort_keys=False))
+        return _call(cmd, ["--params", str(path), *rest])
+
+
+def _call(cmd: Command, argv: list[str]) -> int:
+    module = importlib.import_module(f"pipelines.{cmd.module}")
+    result = getattr(module, cmd.func)(argv)
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
