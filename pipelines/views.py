@@ -48,7 +48,7 @@ def row_metrics(cells: pd.DataFrame, epochs_in_collapse: pd.Series) -> dict:
     """{study: {row: {metric: mean over seeds}}} in the study files' row order; NaN metrics left out."""
     cells = cells.assign(collapse_epochs=cells["cell"].map(epochs_in_collapse),
                          collapsed=cells["collapsed"].astype(str).str.lower().eq("true").astype(float))
-    columns = {"knn20_top1": "knn20_top1", "linear_top1": "linear_top1_best", "collapsed": "collapsed",
+    columns = {"knn20_top1": "knn20_top1", "linear_top1": "linear_top1", "collapsed": "collapsed",
                "collapse_epochs": "collapse_epochs"}
     out: dict = {}
     for (study, row), group in cells.groupby(["study", "row"], sort=False):

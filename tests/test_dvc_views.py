@@ -62,11 +62,11 @@ def test_dvc_params_diff_between_profiles_lists_the_values_that_differ(tmp_path)
 def _cells_and_curves(ln_k: float = math.log(64)) -> tuple[pd.DataFrame, pd.DataFrame]:
     cells = pd.DataFrame([
         {"study": "s", "row": "dino", "seed": 0, "cell": "a", "ln_k": ln_k, "collapsed": False,
-         "knn20_top1": 60.0, "linear_top1_best": 70.0},
+         "knn20_top1": 60.0, "linear_top1": 70.0},
         {"study": "s", "row": "dino", "seed": 1, "cell": "b", "ln_k": ln_k, "collapsed": False,
-         "knn20_top1": 62.0, "linear_top1_best": 72.0},
+         "knn20_top1": 62.0, "linear_top1": 72.0},
         {"study": "s", "row": "flat", "seed": 0, "cell": "c", "ln_k": ln_k, "collapsed": True,
-         "knn20_top1": 10.0, "linear_top1_best": 20.0},
+         "knn20_top1": 10.0, "linear_top1": 20.0},
     ])
     rows = []
     for cell, row, seed in (("a", "dino", 0), ("b", "dino", 1), ("c", "flat", 0)):

@@ -102,7 +102,7 @@ def main() -> None:
         except FileNotFoundError as e:
             ap.error(e.args[0])
         log.info("%s: knn20 %.1f, linear %.1f, h(mean Pt) %.2f ln K, prototypes %s, collapsed %s (%s)",
-                 args.trial, ev["knn20_top1"], ev.get("linear_top1_best", float("nan")), ev["Hmean_over_lnK"],
+                 args.trial, ev["knn20_top1"], ev.get("linear_top1", float("nan")), ev["Hmean_over_lnK"],
                  ev.get("prototypes_used"), ev["collapsed"], ev["verdict"])
         return
     log.info("wrote %s", run(args.trial, args.every, HERE / "budget", args.until))
