@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one prepared script, for any machine with one CUDA GPU (README: Performance):
+# The GPU checks in one prepared script, for any machine with one CUDA GPU (docs/performance.md):
 #   bash ci/gpu_check.sh OUT_DIR [FASHION_MNIST_ROOT]
 # 1. tests: the CUDA cases of tests/test_precision.py (bf16 vs fp32 loss curve, the official-style
 #    fp16 + GradScaler step doing our work, fused SDPA == explicit attention for ViT-S/16);

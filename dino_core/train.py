@@ -78,7 +78,7 @@ def setup(cfg: Config, dataset: Dataset, mean, std) -> Run:
     student_mod, teacher_net = build_network(cfg, True).to(device), build_network(cfg, False).to(device)
     if torch.distributed.is_initialized() and cfg.head.use_bn and device.type == "cuda":
         # official: BatchNorm in the head sees the global batch; SyncBatchNorm has no CPU kernel,
-        # so under gloo each process normalises over its own batch (README deviations)
+        # so under gloo each process normalises over its own batch (docs/deviations.md)
         student_mod = nn.SyncBatchNorm.convert_sync_batchnorm(student_mod)
         teacher_net = nn.SyncBatchNorm.convert_sync_batchnorm(teacher_net)
     teacher = Teacher(teacher_net, student_mod, cfg.teacher.variant)

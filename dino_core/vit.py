@@ -44,7 +44,7 @@ class Attention(nn.Module):
 
     ``auto``: SDPA on GPU and on CPU in fp32 (fused, no q/k/v copies: 1.8-3x faster forward +
     backward than explicit for 17-197 tokens on an AVX2 CPU); explicit on CPU under autocast, where
-    PyTorch's CPU flash-attention backward dominated the bf16 step on an AMX CPU (README, perf).
+    PyTorch's CPU flash-attention backward dominated the bf16 step on an AMX CPU (docs/performance.md).
     """
 
     def __init__(self, dim: int, num_heads: int, impl: str = "auto") -> None:

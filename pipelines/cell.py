@@ -79,7 +79,10 @@ def run_targets_collapse(student: torch.nn.Module, teacher: torch.nn.Module, los
 
 def evaluate_cell(cfg: Config, cell: Path) -> dict:
     """dino_core.evaluate.protocol.evaluate_backbone of the cell's fp16 teacher backbone
-    (store.TEACHER) -> eval.json (with its eval_key)."""
+    (store.TEACHER; made by finish_cell from the checkpoint of a run that has none) -> eval.json
+    (with its eval_key)."""
+    if not (cell / TEACHER).is_file():
+        finish_cell(cfg, cell)
     sets = eval_sets(cfg.data, cfg.eval.batch_size, with_masks=True)
     backbone = read_teacher(cell, build_network(cfg, False).backbone)
     out = {"eval_key": eval_key(cfg), **evaluate_backbone(backbone, cfg.eval, sets,
@@ -109,8 +112,6 @@ def run_cell(cell_dir: str, params: dict) -> dict:
     if is_done(cell):
         if needs_eval(cell, cfg) and is_main():   # a DDP job: rank 0 re-evaluates, the others return
             log.info("%s: evaluation stale (eval section or EVAL_VERSION changed): re-evaluating", cell.name)
-            if not (cell / TEACHER).is_file():   # finished before the fp16 teacher was kept
-                finish_cell(cfg, cell)
             evaluate_cell(cfg, cell)
         return cell_summary(cell)
     cell.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Recorded recipe search: run named variants (diffs over params.yaml) as grid cells and
 append one row per finished variant to a trials table (the evidence behind the CPU recipe).
 
-    python -m pipelines.sweep --sweep ablations/recipe_search/sweep.yaml --out ablations/recipe_search/trials.csv
+    python -m pipelines.sweep --sweep experiments/recipe_search/sweep.yaml --out experiments/recipe_search/trials.csv
 """
 from __future__ import annotations
 

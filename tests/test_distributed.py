@@ -15,7 +15,7 @@ teacher weight; fp32 sums are taken in another order across processes (observed 
 Processes are forked from the test process (torch is already imported: a spawned or torchrun
 process re-imports torch and torchvision, 10-30 s each on the loaded 2-core test machine);
 each child sets 1 intra-op thread before any torch op, and uses gloo on 127.0.0.1 with a
-free port. The torchrun path (README) is covered by the slow test at the end.
+free port. The torchrun path (docs/scaling.md) is covered by the slow test at the end.
 """
 from __future__ import annotations
 
@@ -200,14 +200,14 @@ def test_ddp_teacher_batch_entropy_matches_single_process(pair):
         assert abs(a["teacher_batch_entropy"] - b["teacher_batch_entropy"]) <= ATOL, (variant, a["epoch"])
 
 
-# ----- torchrun + pipelines/pretrain.py (the README's one-machine command) ---------------------
+# ----- torchrun + pipelines/pretrain.py (the one-machine command of docs/scaling.md) ---------------------
 
 
 def _pretrain_cmd(out: Path, batch: int, data_root: Path) -> list[str]:
     sets = [f"data.root={data_root}", "data.num_train=32", "data.num_val=16", "data.image_size=16",
             "model.drop_path_rate=0.0", f"optim.batch_size={batch}", "train.epochs=2",
             "train.device=cpu", "eval.knn_k=[5]",
-            "head.use_bn=false"]   # BatchNorm statistics are per process under gloo (README deviation 13)
+            "head.use_bn=false"]   # BatchNorm statistics are per process under gloo (docs/deviations.md)
     return ["-m", "pipelines.pretrain", "--params", str(REPO_ROOT / "params.yaml"), "--out", str(out),
             "--set", "profile=tiny", *[a for s in sets for a in ("--set", s)]]
 

@@ -39,7 +39,7 @@ IMAGENET_STATS: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # images (not the often copied 0.2023/0.1994/0.2010). Fashion-MNIST: the 60,000 Debian train images.
 # shapes: channel_stats("shapes", root) over 10,000 train images, 32 px, seed 0, generator version 1;
 # kept for versions 2 and 3 (mean 0.49, std 0.19 on their 2,000 images), a fixed input scaling under
-# which every recorded shapes trial ran (ablations/recipe_search).
+# which every recorded shapes trial ran (experiments/recipe_search).
 CIFAR10_STATS: Stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS: Stats = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 FASHION_MNIST_STATS: Stats = ((0.2860, 0.2860, 0.2860), (0.3530, 0.3530, 0.3530))

@@ -5,12 +5,12 @@ triangle: :data:`CLASSES`, sorted so that a label is its ImageFolder index) with
 size, position and rotation, drawn over a low-contrast smooth grey-noise background (object and
 background at least 70 levels apart) with at most one small distractor blob. Grey level, position
 and background are nuisances; the outline is the class. The object dominates the image, as in the
-object-centric photos DINO was made for. Generator history (README "Small data and CPU"): version
+object-centric photos DINO was made for. Generator history (docs/small-scale-recipe.md): version
 1 drew high-contrast stripes and checkers with up to four distractors, and two crops shared the
-texture far more than the object (k-NN at chance, ablations/recipe_search/trials.csv); version 2
+texture far more than the object (k-NN at chance, experiments/recipe_search/trials.csv); version 2
 drew the same objects in colour, and DINO encoded the object and background hues, not the outline
-(ablations/recipe_search/colour_probe.py); even with labels the backbone of a CPU cell learns the
-outline of version 3 faster (ablations/recipe_search/supervised_bound.py).
+(experiments/recipe_search/colour_probe.py); even with labels the backbone of a CPU cell learns the
+outline of version 3 faster (experiments/recipe_search/supervised_bound.py).
 Every image has a binary foreground mask rasterised from the same polygon vertices
 as the object (4x super-sampled; mask = object coverage >= 0.5).
 

@@ -111,7 +111,7 @@ def collapse_verdict(metrics: dict[str, float], K: int | None = None, d: int | N
        tau_t 0.08 0.985 / 0.001; rows that learn: default 0.72 / 0.03, tau_t 0.06 0.93 / 0.006,
        warm-up 0.04 -> 0.07 0.95 / 0.004. An exact KL = 0 needs infinite training, so the rule
        asks for "nearly uniform and nearly copied"; the 0.97 was set after seeing these numbers
-       (README: the margin between warm-up and tau_t 0.08 is narrow).
+       (docs/small-scale-recipe.md: the margin between warm-up and tau_t 0.08 is narrow).
     """
     fired, d = [], d or metrics.get("feature_dim")
     if "feature_std" in metrics and d:

@@ -20,6 +20,7 @@ own teacher targets) on that kept run and logs it with the collapse verdict; the
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 from pathlib import Path
@@ -34,6 +35,7 @@ from dino_core.config import Config
 from dino_core.evaluate.collapse import collapse_verdict
 from experiments.recipe_search.explore import record_trajectory
 from pipelines.cell import evaluate_cell
+from pipelines.store import COLLAPSE
 from pipelines.pretrain import build_params
 
 
@@ -75,7 +77,7 @@ def evaluate(name: str, out_dir: Path) -> dict:
     collapse verdict."""
     cell = out_dir / "runs" / name
     cfg = kept_config(cell)
-    ev = evaluate_cell(cfg, cell)
+    ev = {**evaluate_cell(cfg, cell), **json.loads((cell / COLLAPSE).read_text())}
     collapsed, why = collapse_verdict(ev, cfg.head.out_dim, cfg.model.embed_dim)
     return {**ev, "collapsed": collapsed, "verdict": why,
             "Hmean_over_lnK": ev["teacher_mean_entropy"] / math.log(cfg.head.out_dim)}
