@@ -167,3 +167,86 @@ def test_bad_params_stop_before_any_cell(copy: Path, edit: dict, needle: str) ->
                        env=_env(repo), capture_output=True, text=True)
     assert r.returncode != 0 and needle in r.stderr
     assert not (repo / "runs" / "cells").exists()
+
+
+# ----- grid drivers and cell locks: real processes ------------------------------------------------
+EPOCHS_LOCKED = 30   # a tiny cell of this length trains for a few seconds: long enough to kill its driver
+
+
+def _grid_copy(copy: Path) -> Path:
+    """The copy with one study (3 cells), longer cells and prepared data, run by local processes."""
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["grid"]["studies"] = ["fig7_collapse"]
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    profile = copy / "ablations" / "profiles" / "tiny.yaml"
+    diff = yaml.safe_load(profile.read_text())
+    diff["train"]["epochs"] = EPOCHS_LOCKED
+    profile.write_text(yaml.safe_dump(diff, sort_keys=False))
+    launch = yaml.safe_load((copy / "launch.yaml").read_text())
+    launch.update(poll_s=0.5, max_parallel=2)
+    (copy / "launch.yaml").write_text(yaml.safe_dump(launch, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "pipelines.prepare", "--params", "params.yaml"], cwd=copy,
+                   env=_env(copy), check=True, capture_output=True)
+    return copy
+
+
+def _driver(repo: Path, log: Path) -> subprocess.Popen:
+    env = {**_env(repo), "DINO_LAUNCH_EXECUTOR": "local", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pipelines.grid", "--params", "params.yaml"], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+
+
+def _training_cells(repo: Path) -> list[Path]:
+    """Cells whose lock is held by a process that has written at least one epoch line."""
+    from pipelines.lock import holder
+    return [c for c in (repo / "runs" / "cells").glob("*") if holder(c) and (c / "log.jsonl").is_file()]
+
+
+def _wait(pred, timeout_s: float, what: str) -> None:
+    t0 = time.time()
+    while not pred():
+        assert time.time() - t0 < timeout_s, f"timed out after {timeout_s}s waiting for {what}"
+        time.sleep(0.1)
+
+
+def _epochs_logged(cell: Path) -> list[int]:
+    return [json.loads(ln)["epoch"] for ln in (cell / "log.jsonl").read_text().splitlines()]
+
+
+def test_killed_driver_cells_are_rejoined_never_trained_twice(copy: Path, tmp_path: Path) -> None:
+    """kill -9 of the driver leaves its cells running; a new driver waits for them under their
+    locks and reuses their results: every cell's log holds each epoch exactly once (a second
+    trainer in the same folder appends a second run of epochs)."""
+    repo = _grid_copy(copy)
+    first = _driver(repo, tmp_path / "first.log")
+    _wait(lambda: _training_cells(repo), 240, "a cell to train")
+    first.send_signal(signal.SIGKILL)   # the driver only: its cell processes live on
+    first.wait()
+    orphans = _training_cells(repo)
+    assert orphans, "kill the driver while a cell trains"
+    second = _driver(repo, tmp_path / "second.log")
+    assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    log = (tmp_path / "second.log").read_text()
+    assert "is being trained by pid" in log and "waits for it and reuses the result" in log
+    cells = sorted((repo / "runs" / "cells").glob("*"))
+    assert len(cells) == 3
+    for cell in cells:
+        assert (cell / "DONE").is_file()
+        assert _epochs_logged(cell) == list(range(EPOCHS_LOCKED)), cell.name
+
+
+def test_terminated_driver_stops_its_cells(copy: Path, tmp_path: Path) -> None:
+    """SIGTERM (what `kill`, systemd and SLURM send) stops the driver and cancels its cells: within
+    seconds no process holds a cell's lock; the next driver resumes them and finishes the grid."""
+    repo = _grid_copy(copy)
+    first = _driver(repo, tmp_path / "first.log")
+    _wait(lambda: _training_cells(repo), 240, "a cell to train")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) != 0
+    from pipelines.lock import holder
+    _wait(lambda: not any(holder(c) for c in (repo / "runs" / "cells").glob("*")), 30, "the cells to stop")
+    assert not any((c / "DONE").is_file() for c in (repo / "runs" / "cells").glob("*"))
+    second = _driver(repo, tmp_path / "second.log")
+    assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    for cell in (repo / "runs" / "cells").glob("*"):
+        assert _epochs_logged(cell) == list(range(EPOCHS_LOCKED)), cell.name
