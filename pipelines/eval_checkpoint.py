@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import sys
+import zipfile
 from pathlib import Path
 
 from .pretrain import add_params_arguments, params_of
@@ -51,6 +52,33 @@ def evaluate(checkpoint: Path, params: dict, key: str | None, out: Path, weights
     return m
 
 
+# torch.save's legacy (non-zip) format opens with the pickled magic number 0x1950a86a20f9469cfc6c.
+LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def check_inputs(checkpoint: Path, out: Path) -> None:
+    """Before any evaluation: the checkpoint is a file torch.save wrote (zip with a data.pkl, or
+    the legacy pickle format), and --out can be written as a file. ValueError naming the path:
+    a text or YAML file is "not a checkpoint", whatever --trusted says, since only torch.save's
+    formats can hold one (--trusted only decides whether their pickle may run)."""
+    if not checkpoint.is_file():
+        raise ValueError(f"checkpoint {checkpoint}: no such file")
+    if zipfile.is_zipfile(checkpoint):
+        with zipfile.ZipFile(checkpoint) as z:
+            if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist()):
+                raise ValueError(f"checkpoint {checkpoint}: a zip file without data.pkl, not a torch.save "
+                                 f"checkpoint; allowed: a .pth file written by torch.save")
+    else:
+        with open(checkpoint, "rb") as fh:
+            if fh.read(len(LEGACY_TORCH_HEAD)) != LEGACY_TORCH_HEAD:
+                raise ValueError(f"checkpoint {checkpoint}: not a checkpoint (neither of torch.save's "
+                                 f"formats); allowed: a .pth file written by torch.save")
+    for p in (out, *out.parents):
+        if p.exists() and (p.is_dir() if p == out else not p.is_dir()):
+            raise ValueError(f"--out {out}: {p} is a {'folder' if p.is_dir() else 'file'}; allowed: a JSON file "
+                             f"path in a folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.eval_checkpoint", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     add_params_arguments(ap)
     args = ap.parse_args(argv)
     params = params_of(ap, args)
+    try:
+        check_inputs(args.checkpoint, args.out)
+    except ValueError as e:
+        ap.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         m = evaluate(args.checkpoint, params, args.key, args.out, weights_only=not args.trusted)
