@@ -250,3 +250,26 @@ def test_terminated_driver_stops_its_cells(copy: Path, tmp_path: Path) -> None:
     assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
     for cell in (repo / "runs" / "cells").glob("*"):
         assert _epochs_logged(cell) == list(range(EPOCHS_LOCKED)), cell.name
+
+
+def test_bad_value_from_dvc_exp_run_removes_no_output(repo: Path) -> None:
+    """`dvc exp run -S optim.lr=abc` writes `lr: abc` into params.yaml, then runs the DAG: the
+    validate stage, on which every other depends, stops it before DVC removes results/grid.csv,
+    and its error names the value and how to restore params.yaml."""
+    _repro(repo, "pretrain")
+    env = _env(repo)
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "grid"]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+    grid = (repo / "results" / "grid.csv").read_bytes()
+    r = subprocess.run(_dvc() + ["exp", "run", "-S", "optim.lr=abc"], cwd=repo, env=env, capture_output=True, text=True)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "optim.lr: expected a number, got 'abc'" in out and "git checkout params.yaml" in out, out[-3000:]
+    assert (repo / "results" / "grid.csv").read_bytes() == grid
+    subprocess.run(["git", "checkout", "params.yaml"], cwd=repo, check=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())   # the same through `dvc repro`
+    params["loss"]["teacher_temp"] = -1.0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    r = subprocess.run(_dvc() + ["repro"], cwd=repo, env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "loss.teacher_temp: -1.0 is out of range" in r.stdout + r.stderr
+    assert (repo / "results" / "grid.csv").read_bytes() == grid
