@@ -273,3 +273,76 @@ def test_bad_value_from_dvc_exp_run_removes_no_output(repo: Path) -> None:
     r = subprocess.run(_dvc() + ["repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert r.returncode != 0 and "loss.teacher_temp: -1.0 is out of range" in r.stdout + r.stderr
     assert (repo / "results" / "grid.csv").read_bytes() == grid
+
+
+# ----- one cell (pipelines/cell.py run_cell, in-process) and pipelines.eval_checkpoint -------------
+
+
+def _cell_params(data: Path, epochs: int = 2) -> dict:
+    sys.path.insert(0, str(REPO / "tests"))
+    from helpers import tiny_config
+    return tiny_config(data={"dataset": "shapes", "root": str(data), "image_size": 16, "num_train": 64, "num_val": 32,
+                             "download": False}, train={"epochs": epochs},
+                       eval={"knn_k": [5], "batch_size": 64, "linear_epochs": 0}).to_dict()
+
+
+@pytest.fixture(scope="module")
+def shapes16(tmp_path_factory) -> Path:
+    from dino_core.data.shapes import prepare_shapes
+    root = tmp_path_factory.mktemp("cell") / "shapes"
+    prepare_shapes(root, num_train=64, num_val=32, image_size=16)
+    return root
+
+
+def test_grid_cell_folder_of_another_config_is_refused(tmp_path, shapes16, one_thread):
+    from dino_core.config import Config, save_config
+    from pipelines.cell import run_cell
+    from pipelines.store import RunMismatch
+    params = _cell_params(shapes16)
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    save_config(Config.from_dict(_cell_params(shapes16, epochs=3)), cell / "config.yaml")   # e.g. a copied folder
+    with pytest.raises(RunMismatch, match=r"1 key\(s\) differ: train\.epochs: 3 -> 2"):
+        run_cell(str(cell), params)
+    assert sorted(p.name for p in cell.iterdir()) == ["config.yaml"]
+
+
+def test_a_cell_that_failed_in_evaluation_never_reads_ok(tmp_path, shapes16, one_thread):
+    """Training ends, the evaluation dies (its val split is gone): metrics.json says eval_failed
+    with the error and no DONE is written; once the data is back, a rerun evaluates without
+    re-training and the cell reads ok."""
+    from pipelines.cell import run_cell
+    data = tmp_path / "shapes"
+    shutil.copytree(shapes16, data)
+    shutil.move(data / "val", tmp_path / "val")   # only the evaluation reads the val split
+    cell = tmp_path / "cell"
+    with pytest.raises(FileNotFoundError):
+        run_cell(str(cell), _cell_params(data))
+    metrics = json.loads((cell / "metrics.json").read_text())
+    assert (metrics["status"], metrics["train_status"]) == ("eval_failed", "ok")
+    assert str(data / "val") in metrics["eval_error"] and not (cell / "DONE").exists()
+    trained = (cell / "checkpoint.pth").stat().st_mtime_ns
+    shutil.move(tmp_path / "val", data / "val")
+    summary = run_cell(str(cell), _cell_params(data))
+    assert summary["status"] == "ok" and "knn5_top1" in summary
+    assert (cell / "checkpoint.pth").stat().st_mtime_ns == trained
+    metrics = json.loads((cell / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and "train_status" not in metrics and "eval_error" not in metrics
+
+
+def test_eval_checkpoint_tells_not_a_checkpoint_and_checks_out_first(tmp_path):
+    import torch
+    text = tmp_path / "notes.yaml"
+    text.write_text("model: {arch: vit_small}\n")
+    ckpt = tmp_path / "ok.pth"
+    torch.save({"teacher": {}}, ckpt)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "pipelines.eval_checkpoint", *a], cwd=REPO, env=env,  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    for trusted in ([], ["--trusted"]):
+        r = run(str(text), "--out", str(tmp_path / "m.json"), *trusted)
+        assert r.returncode == 2 and "notes.yaml: not a checkpoint (neither of torch.save's formats)" in r.stderr
+        assert "--trusted" not in r.stderr.splitlines()[-1]
+    r = run(str(ckpt), "--out", str(tmp_path))
+    assert r.returncode == 2 and f"--out {tmp_path}: {tmp_path} is a folder" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.yaml", "ok.pth"]   # no .tmp left
