@@ -55,15 +55,19 @@ def ranks_per_cell(launch: LaunchConfig) -> int:
 
 def check_grid(params: dict, launch_overrides: dict | None = None, root: Path = ROOT) -> list[Cell]:
     """Every check that needs no training: the cells' configs (grid_cells), launch.yaml, and the
-    data of each distinct data section with its largest batch. ValueError (one line) otherwise."""
+    data of each distinct data section of the cells to run or re-evaluate, with its largest batch
+    (a grid whose cells are all finished reads no data). ValueError (one line) otherwise."""
     from dino_core.data.check import check_data   # imports torch: after the cheap checks
 
     cells = grid_cells(params, root)
     launch = load_launch_config(root / "launch.yaml", launch_overrides)
+    store = root / params["grid"]["store"]
     largest: dict[str, Config] = {}
-    for c in cells:
-        cfg = Config.from_dict(c.params)
-        key = json.dumps(c.params["data"], sort_keys=True)
+    for h, p in plan(cells, store)[1].items():
+        cfg = Config.from_dict(p)
+        if is_done(store / "cells" / h) and not needs_eval(store / "cells" / h, cfg):
+            continue
+        key = json.dumps(p["data"], sort_keys=True)
         if key not in largest or cfg.optim.batch_size > largest[key].optim.batch_size:
             largest[key] = cfg
     for cfg in largest.values():

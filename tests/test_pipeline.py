@@ -346,3 +346,16 @@ def test_eval_checkpoint_tells_not_a_checkpoint_and_checks_out_first(tmp_path):
     r = run(str(ckpt), "--out", str(tmp_path))
     assert r.returncode == 2 and f"--out {tmp_path}: {tmp_path} is a folder" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.yaml", "ok.pth"]   # no .tmp left
+
+
+def test_grid_reports_bad_data_before_any_cell(copy: Path) -> None:
+    repo = copy
+    subprocess.run([sys.executable, "-m", "pipelines.prepare", "--params", "params.yaml"], cwd=repo, env=_env(repo),
+                   check=True, capture_output=True)
+    bad = sorted((repo / "data" / "prepared" / "shapes" / "val" / "images").glob("*/*.png"))[0]
+    bad.write_bytes(b"not a png")
+    r = subprocess.run([sys.executable, "-m", "pipelines.grid", "--params", "params.yaml"], cwd=repo,
+                       env=_env(repo), capture_output=True, text=True)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "1 unreadable image(s)" in last and bad.name in last and "data.skip_corrupt" in last
+    assert not (repo / "runs").exists()
