@@ -27,7 +27,9 @@ from dino_core.evaluate.knn import knn_classify
 from dino_core.evaluate.protocol import eval_sets, evaluate_backbone
 from dino_core.train import build_loss, build_network, train
 
-from .store import COLLAPSE, TEACHER, cell_summary, eval_key, is_done, mark_done, needs_eval, read_teacher, write_teacher
+from .lock import cell_lock
+from .store import (COLLAPSE, TEACHER, cell_summary, check_same_config, eval_failure_recorded, eval_key, is_done,
+                    mark_done, needs_eval, read_teacher, training_status, write_teacher)
 
 log = logging.getLogger(__name__)
 
@@ -106,23 +108,34 @@ def finish_cell(cfg: Config, cell: Path) -> None:
 
 def run_cell(cell_dir: str, params: dict) -> dict:
     """Train + evaluate one cell; returns its summary (store.cell_summary). Safe to call again:
-    a finished cell is reused, re-evaluated if its evaluation is stale, an unfinished one resumes."""
-    cell = Path(cell_dir)
-    cfg = Config.from_dict(params)
+    a finished cell is reused, re-evaluated if its evaluation is stale, an unfinished one resumes.
+    A folder holding a run of another training config is refused (store.RunMismatch); rank 0
+    holds the cell's lock (lock.cell_lock) throughout, waiting while another process trains it."""
+    cell, cfg = Path(cell_dir), Config.from_dict(params)
+    check_same_config(cell, cfg)
+    if not is_main():
+        return _train_and_evaluate(cell, cfg)
+    with cell_lock(cell):
+        return _train_and_evaluate(cell, cfg)
+
+
+def _train_and_evaluate(cell: Path, cfg: Config) -> dict:
     if is_done(cell):
         if needs_eval(cell, cfg) and is_main():   # a DDP job: rank 0 re-evaluates, the others return
             log.info("%s: evaluation stale (eval section or EVAL_VERSION changed): re-evaluating", cell.name)
-            evaluate_cell(cfg, cell)
+            with eval_failure_recorded(cell):
+                evaluate_cell(cfg, cell)
         return cell_summary(cell)
     cell.mkdir(parents=True, exist_ok=True)
     mean, std = NORMALIZATION[cfg.data.dataset]
     metrics = train(cfg, cell, pretrain_dataset(cfg), mean, std)
     if not is_main():   # DDP: every rank trains, rank 0 evaluates and writes
         return metrics
-    summary = {"cell": cell.name, "status": metrics["status"], "ln_k": math.log(cfg.head.out_dim),
+    summary = {"cell": cell.name, "status": training_status(metrics), "ln_k": math.log(cfg.head.out_dim),
                "wall_time_s": metrics["wall_time_s"], "precision": metrics.get("precision")}
-    if metrics["status"] == "ok":
-        finish_cell(cfg, cell)
-        evaluate_cell(cfg, cell)   # eval.json before DONE: a DONE ok cell always has an evaluation
+    if summary["status"] == "ok":
+        with eval_failure_recorded(cell):   # eval.json before DONE: a DONE ok cell always has an evaluation
+            finish_cell(cfg, cell)
+            evaluate_cell(cfg, cell)
     mark_done(cell, summary)
     return cell_summary(cell)

@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import sys
+import zipfile
 from pathlib import Path
 
 from .pretrain import add_params_arguments, params_of
@@ -47,6 +48,38 @@ def evaluate(checkpoint: Path, params: dict, key: str | None, out: Path, weights
     return m
 
 
+# torch.save's legacy (non-zip) format opens with the pickled magic number 0x1950a86a20f9469cfc6c.
+LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def check_format(checkpoint: Path) -> None:
+    """The file is one torch.save writes (a zip with a data.pkl, or the legacy pickle format);
+    ValueError naming it otherwise. A text or YAML file is "not a checkpoint", whatever --trusted
+    says, since only torch.save's formats can hold one (--trusted only lets their pickle run)."""
+    if zipfile.is_zipfile(checkpoint):
+        with zipfile.ZipFile(checkpoint) as z:
+            if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist()):
+                raise ValueError(f"checkpoint {checkpoint}: a zip file without data.pkl, not a torch.save "
+                                 f"checkpoint; allowed: a .pth file written by torch.save")
+        return
+    with open(checkpoint, "rb") as fh:
+        if fh.read(len(LEGACY_TORCH_HEAD)) != LEGACY_TORCH_HEAD:
+            raise ValueError(f"checkpoint {checkpoint}: not a checkpoint (neither of torch.save's "
+                             f"formats); allowed: a .pth file written by torch.save")
+
+
+def check_inputs(checkpoint: Path, out: Path) -> None:
+    """Before any evaluation: the checkpoint's format (check_format; a missing file is reported
+    by evaluate(), exit code 1, as any unreadable checkpoint) and an --out that can be written as
+    a file (not a folder, no file among its parents). ValueError naming the path."""
+    if checkpoint.is_file():
+        check_format(checkpoint)
+    for p in (out, *out.parents):
+        if p.exists() and (p.is_dir() if p == out else not p.is_dir()):
+            raise ValueError(f"--out {out}: {p} is a {'folder' if p.is_dir() else 'file'}; allowed: a JSON file "
+                             f"path in a folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.eval_checkpoint", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     add_params_arguments(ap)
     args = ap.parse_args(argv)
     params = params_of(ap, args)
+    try:
+        check_inputs(args.checkpoint, args.out)
+    except ValueError as e:
+        ap.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         m = evaluate(args.checkpoint, params, args.key, args.out, weights_only=not args.trusted)

@@ -5,11 +5,19 @@ studies run once; finished cells (DONE) are reused, and re-evaluated when their 
 stale (the `eval` section or store.EVAL_VERSION changed); unfinished ones resume from their
 checkpoint. The cells go out through the submitit launcher (launch.yaml: local processes, SLURM
 job array or in-process); the launcher is not part of any cell's identity. Output: results/grid.csv.
+
+Before any cell starts, every cell's config, launch.yaml and the data of every distinct data
+section are checked (check_grid); a failure is one line on stderr, exit code 2, nothing written.
+A cell trains under its lock (pipelines/lock.py): a cell another driver (or the cells of a stopped
+one) is training is waited for and its result reused, never trained twice. SIGTERM and SIGHUP
+stop this driver like Ctrl-C: its cells are cancelled before it exits.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +28,8 @@ from dino_core.checkpoint import atomic_write_text
 from dino_core.config import Config
 
 from .ddp_entry import train_cell_ddp
-from .launch import CellFailed, load_launch_config, run_cells
+from .launch import CellFailed, LaunchConfig, load_launch_config, run_cells
+from .lock import holder
 from .params import ROOT, Cell, grid_cells, load_all
 from .store import append_history, cell_dir, is_done, needs_eval, read_done
 
@@ -37,6 +46,35 @@ def plan(cells: list[Cell], store: Path) -> tuple[pd.DataFrame, dict[str, dict]]
     return pd.DataFrame(rows), unique
 
 
+def ranks_per_cell(launch: LaunchConfig) -> int:
+    """Processes that share one cell's batch (DDP): tasks per node (x nodes on SLURM)."""
+    if launch.executor == "slurm":
+        return launch.slurm.nodes * launch.slurm.tasks_per_node
+    return launch.local.tasks_per_node if launch.executor == "local" else 1
+
+
+def check_grid(params: dict, launch_overrides: dict | None = None, root: Path = ROOT) -> list[Cell]:
+    """Every check that needs no training: the cells' configs (grid_cells), launch.yaml, and the
+    data of each distinct data section of the cells to run or re-evaluate, with its largest batch
+    (a grid whose cells are all finished reads no data). ValueError (one line) otherwise."""
+    from dino_core.data.check import check_data   # imports torch: after the cheap checks
+
+    cells = grid_cells(params, root)
+    launch = load_launch_config(root / "launch.yaml", launch_overrides)
+    store = root / params["grid"]["store"]
+    largest: dict[str, Config] = {}
+    for h, p in plan(cells, store)[1].items():
+        cfg = Config.from_dict(p)
+        if is_done(store / "cells" / h) and not needs_eval(store / "cells" / h, cfg):
+            continue
+        key = json.dumps(p["data"], sort_keys=True)
+        if key not in largest or cfg.optim.batch_size > largest[key].optim.batch_size:
+            largest[key] = cfg
+    for cfg in largest.values():
+        check_data(cfg, ranks_per_cell(launch))
+    return cells
+
+
 def run_grid(params: dict, launch_overrides: dict | None = None, root: Path = ROOT) -> pd.DataFrame:
     """Run the pending cells; returns one row per (study, row, seed) with the cell's status.
     Each call that gets past validation is appended to the store's history (wall time, cells run)."""
@@ -49,6 +87,11 @@ def run_grid(params: dict, launch_overrides: dict | None = None, root: Path = RO
     log.info("grid: %d cells (%d unique), %d finished, %d to run, %d to re-evaluate (stale evaluation)",
              len(table), len(unique), len(unique) - len(pending), len(pending), len(stale))
     pending += stale
+    for h in pending:
+        busy = holder(store / "cells" / h)
+        if busy:
+            log.info("cell %s is being trained by %s (another driver, or a cell of a stopped one): "
+                     "its job waits for it and reuses the result", h, busy)
     outcomes, executor = {}, "none"
     if pending:
         launch = load_launch_config(root / "launch.yaml", launch_overrides)
@@ -76,13 +119,25 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _stop(signum: int, _frame) -> None:
+    """SIGTERM / SIGHUP -> KeyboardInterrupt, on which run_cells cancels the submitted cells."""
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--out", default=str(ROOT / "results" / "grid.csv"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    table = run_grid(load_all(args.params))
+    try:
+        params = load_all(args.params)
+        check_grid(params)
+    except (ValueError, FileNotFoundError) as e:
+        ap.error(str(e))
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
+    table = run_grid(params)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, table.to_csv(index=False))

@@ -14,6 +14,10 @@ N x batch_size (the learning rate is scaled linearly with the global batch), exa
 process with batch N x batch_size. The output folder is a cell folder (config.yaml,
 log.jsonl, checkpoint.pth, metrics.json, eval.json, DONE); a run that stops resumes from its
 checkpoint when started again with the same arguments, and a finished one returns at once.
+A folder holding a run of another training config is refused with the differing keys
+(``--restart`` deletes its run files and starts over); so is a folder another process is
+training, an ``--out`` that is a file, and bad data (docs/runs.md). Every check runs before the
+output folder is created: an error leaves nothing behind (exit code 2).
 """
 from __future__ import annotations
 
@@ -87,18 +91,52 @@ def params_of(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
         ap.error(str(e))
 
 
+def check_out_folder(out: Path, cfg: Config, restart: bool, world_size: int) -> None:
+    """--out can hold this run: not a file, not another config's run (unless restart), not being
+    trained by another process. ValueError naming the path and what is allowed."""
+    from .lock import holder
+    from .store import check_same_config
+
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"--out {out}: {p} is a file; allowed: a folder (new or holding this run)")
+    busy = holder(out) if out.is_dir() else None
+    if busy:
+        raise ValueError(f"--out {out}: is being trained by {busy}; wait for it to end or stop that process")
+    if restart and world_size > 1:
+        raise ValueError("--restart: start over with one process, then resume under torchrun")
+    if not restart:
+        check_same_config(out, cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.pretrain", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="output (cell) folder")
+    ap.add_argument("--out", type=Path, required=True, help="output (cell) folder")
+    ap.add_argument("--restart", action="store_true",
+                    help="delete the run files of --out (config.yaml, log, checkpoint, metrics, eval, DONE) "
+                    "and train from scratch, also when they hold a run of another config")
     add_params_arguments(ap)
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     params = params_of(ap, args)
-    from .ddp_entry import train_cell_ddp   # torch is imported only once the arguments are valid
-
-    summary = train_cell_ddp(args.out, params)
     from dino_core.distributed import env_ranks
     ranks = env_ranks()
+    world = ranks[1] if ranks else 1
+    cfg = Config.from_dict(params)
+    try:
+        if ranks is None or ranks[0] == 0:
+            check_out_folder(args.out, cfg, args.restart, world)
+        from dino_core.data.check import check_data   # imports torch: after the cheap checks
+        check_data(cfg, world)
+    except ValueError as e:
+        ap.error(str(e))
+    if args.restart and args.out.is_dir():
+        from .store import start_over
+        log.info("--restart: deleted %s from %s", start_over(args.out) or "nothing", args.out)
+    from .ddp_entry import train_cell_ddp   # torch is imported only once the arguments are valid
+
+    summary = train_cell_ddp(str(args.out), params)
     if ranks is None or ranks[0] == 0:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return 0   # a diverged run is a result too (status "diverged" in the summary and DONE)

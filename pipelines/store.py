@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
+import yaml
 
 from dino_core.checkpoint import atomic_write_json, atomic_write_text
 from dino_core.config import LATER_KEYS, Config
@@ -44,10 +47,9 @@ def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def cell_hash(cfg: Config) -> str:
-    """sha256 of the canonical JSON of the training part of the resolved config (the seed is
-    train.seed; no `eval` section, no NEUTRAL key, no LATER_KEYS key at its value from before it
-    existed), 16 hex."""
+def training_part(cfg: Config) -> dict:
+    """What can change the trained weights: the resolved config without the `eval` section, the
+    NEUTRAL keys and any LATER_KEYS key at its value from before it existed."""
     d = cfg.to_dict()
     d.pop("eval")
     for section, key in NEUTRAL:
@@ -55,7 +57,49 @@ def cell_hash(cfg: Config) -> str:
     for (section, key), before in LATER_KEYS.items():
         if d[section].get(key, before) == before:   # NEUTRAL keys are already gone
             d[section].pop(key, None)
-    return _digest(d)
+    return d
+
+
+def cell_hash(cfg: Config) -> str:
+    """sha256 of the canonical JSON of training_part (the seed is train.seed), 16 hex."""
+    return _digest(training_part(cfg))
+
+
+class RunMismatch(ValueError):
+    """A run folder already holds (part of) a run of another training config."""
+
+
+RUN_FILES = ("config.yaml", "log.jsonl", "checkpoint.pth", "metrics.json", COLLAPSE, TEACHER, "eval.json", DONE)
+
+
+def config_differences(old: Config, new: Config) -> list[str]:
+    """``section.key: old -> new`` for every training key whose value differs."""
+    a, b = training_part(old), training_part(new)
+    keys = sorted({(s, k) for d in (a, b) for s in d for k in d[s]})
+    return [f"{s}.{k}: {a[s].get(k)!r} -> {b[s].get(k)!r}" for s, k in keys if a[s].get(k) != b[s].get(k)]
+
+
+def check_same_config(path: Path, cfg: Config) -> None:
+    """Refuse to continue or reuse the run in `path` under another training config: resuming
+    would mix two configs in one set of weights, reusing would label the old result as the new
+    one. A folder without config.yaml holds no run yet."""
+    stored = Path(path) / "config.yaml"
+    if not stored.is_file():
+        return
+    old = Config.from_stored(yaml.safe_load(stored.read_text()), source=str(stored))
+    diffs = config_differences(old, cfg)
+    if diffs:
+        raise RunMismatch(f"{path}: holds a run of another config ({len(diffs)} key(s) differ: "
+                          f"{'; '.join(diffs)}); continue it with its own values, pick another --out, "
+                          f"or pass --restart to delete its files and start over")
+
+
+def start_over(path: Path) -> list[str]:
+    """Delete the run files of `path` (RUN_FILES only, nothing else in the folder); their names."""
+    gone = [name for name in RUN_FILES if (Path(path) / name).is_file()]
+    for name in gone:
+        (Path(path) / name).unlink()
+    return gone
 
 
 def eval_key(cfg: Config) -> str:
@@ -130,3 +174,31 @@ def append_history(store: Path, entry: dict) -> None:
 def read_history(store: Path) -> list[dict]:
     path = Path(store) / HISTORY
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+
+
+def training_status(metrics: dict) -> str:
+    """The training's own status of a metrics.json ("ok", "diverged", "stopped"), also when a
+    failed evaluation has marked it (record_eval_failure)."""
+    return metrics.get("train_status", metrics["status"])
+
+
+@contextmanager
+def eval_failure_recorded(path: Path) -> Iterator[None]:
+    """Around a cell's evaluation: if it raises, metrics.json reads "status": "eval_failed" with
+    the error (the training stays usable: a rerun only evaluates again); once it succeeds the
+    status is the training's again. A cell that failed in evaluation never reads as ok."""
+    f = Path(path) / "metrics.json"
+    try:
+        yield
+    except Exception as e:
+        if f.is_file():
+            m = json.loads(f.read_text())
+            m.update(status="eval_failed", train_status=training_status(m), eval_error=f"{type(e).__name__}: {e}")
+            atomic_write_json(f, m)
+        raise
+    if f.is_file():
+        m = json.loads(f.read_text())
+        if "train_status" in m:
+            m["status"] = m.pop("train_status")
+            m.pop("eval_error", None)
+            atomic_write_json(f, m)

@@ -231,3 +231,42 @@ def test_every_profile_resolves_every_study_cell(profile):
     assert {(c.study, c.row) for c in cells} == rows
     if grid["seeds"] != "protocol":
         assert len(cells) == len(rows) * len(grid["seeds"])
+
+
+@pytest.mark.parametrize("section, key, value, pattern", [   # params.yaml: 32-px global crops and eval, patch 8
+    ("model", "patch_size", 7, r"^params: model\.patch_size: 7 does not divide crops\.global_size 32, "
+                               r"data\.image_size 32 \(the border would be dropped\); "
+                               r"allowed: a divisor of every crop size, \[1, 2, 4, 8, 16, 32\]$"),
+    ("model", "num_heads", 5, r"^params: model\.num_heads: 5 does not divide model\.embed_dim 128; "
+                              r"allowed: a divisor of embed_dim, \[1, 2, 4, 8, 16, 32, 64\]$"),
+])
+def test_cross_field_checks_name_both_keys_and_what_is_allowed(section, key, value, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Config.from_dict(with_value(section, key, value))
+    d = with_value("crops", "local_number", 2)   # local crops too: 12 px is not whole 8-px patches
+    d["crops"]["local_size"] = 12
+    with pytest.raises(ValueError, match=r"patch_size: 8 does not divide crops\.local_size 12 \(the border"):
+        Config.from_dict(d)
+
+
+def test_cross_field_checks_skip_what_is_not_built():
+    d = with_value("crops", "local_size", 12)
+    d["crops"]["local_number"] = 0              # no local views are cut
+    assert Config.from_dict(d).crops.local_size == 12
+    d = with_value("model", "num_heads", 5)
+    d["model"]["arch"] = "vit_small"            # its heads come from Table 1, embed_dim is unused
+    assert Config.from_dict(d).model.num_heads == 5
+
+
+def test_a_run_folder_is_bound_to_its_training_config(tmp_path):
+    from dino_core.config import save_config
+    from pipelines.store import RunMismatch, check_same_config, config_differences
+    cfg = tiny_config()
+    check_same_config(tmp_path, cfg)              # no config.yaml: no run yet
+    save_config(cfg, tmp_path / "config.yaml")
+    check_same_config(tmp_path, cfg.replace("eval", knn_k=[3]).replace("data", num_workers=3))   # not training
+    other = cfg.replace("optim", lr=0.001).replace("teacher", momentum=0.9)
+    assert config_differences(cfg, other) == ["optim.lr: 0.004 -> 0.001", "teacher.momentum: 0.996 -> 0.9"]
+    with pytest.raises(RunMismatch, match=r"holds a run of another config \(2 key\(s\) differ: optim\.lr: 0\.004 "
+                                          r"-> 0\.001; teacher\.momentum: 0\.996 -> 0\.9\)"):
+        check_same_config(tmp_path, other)

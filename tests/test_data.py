@@ -263,3 +263,64 @@ def test_prepare_stage(tmp_path):
                                  seed=2)["sha256"] == summary["sha256"]
     with pytest.raises(ValueError, match="only apply to shapes"):
         prepare_stage.prepare("cifar10", str(tmp_path), num_train=3)
+
+
+# ----- bad data found before training (dino_core/data/check.py) -----------------------------------
+
+
+def _tiny_shapes_cfg(root: Path, **data):
+    from helpers import tiny_config
+    return tiny_config(data={"dataset": "shapes", "root": str(root), "image_size": 16, "num_train": 0, "num_val": 0,
+                             "download": False, **data}, optim={"batch_size": 8})
+
+
+def _broken_copy(tmp_path: Path, shapes_root: Path) -> tuple[Path, list[Path]]:
+    """A copy of the shapes set with one corrupt image in train, one truncated in val."""
+    root = tmp_path / "broken"
+    shutil.copytree(shapes_root, root)
+    bad = [sorted((root / "train" / "images").glob("*/*.png"))[0], sorted((root / "val" / "images").glob("*/*.png"))[-1]]
+    bad[0].write_bytes(b"not a png")
+    bad[1].write_bytes(bad[1].read_bytes()[:40])   # a valid header, a cut body: only decoding finds it
+    return root, bad
+
+
+def test_bad_data_is_reported_once_fully_before_training(tmp_path, shapes_root):
+    from dino_core.data.check import DataError, check_data
+    root, bad = _broken_copy(tmp_path, shapes_root)
+    with pytest.raises(DataError) as err:
+        check_data(_tiny_shapes_cfg(root))
+    msg = str(err.value)
+    assert "\n" not in msg and "2 unreadable image(s)" in msg and "data.skip_corrupt: true" in msg
+    assert all(str(p) in msg for p in bad)
+    empty = root / "train" / "images" / "circle"
+    shutil.rmtree(empty)
+    empty.mkdir()
+    with pytest.raises(DataError) as err:   # an empty class is an error even with the flag; corrupt files listed too
+        check_data(_tiny_shapes_cfg(root, skip_corrupt=True))
+    msg = str(err.value)
+    assert f"1 empty class folder(s): {empty}" in msg and all(str(p) in msg for p in bad)
+
+
+def test_skip_corrupt_skips_the_same_files_in_training_and_evaluation(tmp_path, shapes_root, caplog):
+    from dino_core.data.check import check_data
+    from pipelines.cell import eval_loaders, pretrain_dataset
+    root, bad = _broken_copy(tmp_path, shapes_root)
+    cfg = _tiny_shapes_cfg(root, skip_corrupt=True)
+    with caplog.at_level(logging.WARNING):
+        check_data(cfg)
+    assert any(str(bad[0]) in r.getMessage() and str(bad[1]) in r.getMessage() for r in caplog.records)
+    train_eval, val_eval = (loader.dataset for loader in eval_loaders(cfg, with_masks=True))
+    paths = lambda ds: {p for p, _ in ds.samples}   # noqa: E731
+    assert paths(pretrain_dataset(cfg)) == paths(train_eval)
+    assert bad[0] not in paths(train_eval) and bad[1] not in paths(val_eval)
+    assert len(val_eval) == SMALL["num_val"] - 1 and len(train_eval) == SMALL["num_train"] - 1
+    assert all(torch.is_tensor(val_eval[i][0]) for i in range(len(val_eval)))   # every kept file decodes
+
+
+def test_batch_larger_than_the_data_and_missing_root_are_reported(tmp_path, shapes_root):
+    from dino_core.data.check import DataError, check_data
+    with pytest.raises(DataError, match=r"optim.batch_size: 8 per process x 3 process\(es\) is more than the 16 "
+                                        r"pre-training images .*allowed: batch_size <= 5"):
+        check_data(_tiny_shapes_cfg(shapes_root), world_size=3)
+    with pytest.raises(DataError, match=f"data.root {tmp_path / 'none'}: shapes: .*index.json not found"):
+        check_data(_tiny_shapes_cfg(tmp_path / "none"))

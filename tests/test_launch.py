@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -401,3 +402,53 @@ def test_slurm_preempted_job_requeues_and_resumes(tmp_path, slurm_jobs, how):
 def test_uninterrupted_counter_matches_expected(tmp_path):
     res = probe_counter(str(tmp_path / "p.json"), 5, 0.0)
     assert res == {"value": probe_counter_expected(5), "starts": 1, "resumed_from": [0]}
+
+
+# ----- cell locks (pipelines/lock.py): real processes ---------------------------------------------
+_HOLD = ("import sys, time; from pipelines.lock import cell_lock\n"
+         "with cell_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n")
+
+
+def _holder_process(cell: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.Popen([sys.executable, "-c", _HOLD, str(cell)], env=env, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_cell_lock_refuses_or_waits_for_a_live_owner(tmp_path):
+    from pipelines.lock import CellBusy, cell_lock, holder
+    cell = tmp_path / "cell"
+    owner = _holder_process(cell)
+    try:
+        assert holder(cell).startswith(f"pid {owner.pid} on host ")
+        with pytest.raises(CellBusy, match=f"{cell}: is being trained by pid {owner.pid} on host"):
+            with cell_lock(cell, wait=False):
+                pass
+        threading.Timer(1.0, owner.terminate).start()   # the owner ends: the waiting one goes on
+        t0 = time.time()
+        with cell_lock(cell, wait=True):
+            assert time.time() - t0 >= 0.9
+            assert holder(cell).startswith(f"pid {os.getpid()} on host ")
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_cell_lock_of_a_dead_owner_is_taken_over_with_a_log_line(tmp_path, caplog):
+    import logging
+    import signal as sig
+    from pipelines.lock import cell_lock, holder
+    cell = tmp_path / "cell"
+    owner = _holder_process(cell)
+    owner.send_signal(sig.SIGKILL)   # dies holding the lock: the kernel drops the flock, the owner text stays
+    owner.wait()
+    assert holder(cell) is None and f'"pid": {owner.pid}' in (cell / "LOCK").read_text()
+    with caplog.at_level(logging.WARNING, logger="pipelines.lock"):
+        with cell_lock(cell, wait=False):
+            pass
+    (record,) = caplog.records
+    assert record.getMessage().startswith(f"cell: taking over the lock of pid {owner.pid} on host "
+                                          f"{os.uname().nodename} since ")
+    assert record.getMessage().endswith(", which ended without releasing it")
+    assert (cell / "LOCK").read_text() == ""   # released cleanly

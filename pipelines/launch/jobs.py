@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import time
 import typing as tp
@@ -127,11 +128,41 @@ def _cancel(jobs: tp.Sequence[tp.Any], executor_kind: str) -> None:
         if ids:
             subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
     elif executor_kind == "local":
-        for j in jobs:
+        _stop_local([p.pid for p in (getattr(j, "_process", None) for j in jobs) if p is not None])
+
+
+def _stop_local(pids: tp.Sequence[int], grace_s: float = 3.0) -> None:
+    """SIGINT to each local job's whole process tree, SIGKILL to what is left after ``grace_s``.
+    submitit's own cancel signals only the process it started, which is a shell when a setup is
+    given (ours: PYTHONPATH, OMP_NUM_THREADS); the shell waits and the cells would train on."""
+    children: tp.Dict[int, tp.List[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue   # not a process, or it has just ended
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        for pid in tree:
             try:
-                j.cancel(check=False)
-            except Exception:  # pragma: no cover - defensive
+                os.kill(pid, sig)
+            except ProcessLookupError:
                 pass
+        deadline = time.time() + grace_s
+        while sig == signal.SIGINT and time.time() < deadline and any(_alive(p) for p in tree):
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _run_debug(fn, args_list, cfg, folder, name, on_submit, all_tasks, checkpointable) -> list:
