@@ -86,6 +86,10 @@ def check_data(cfg: Config, world_size: int = 1) -> None:
         train = registry.build_dataset(d.dataset, d.root, registry.spec(d.dataset).pretrain_split,
                                        skip_corrupt=d.skip_corrupt, limit=d.num_train or None)
         registry.build_dataset(d.dataset, d.root, "val", skip_corrupt=d.skip_corrupt, limit=d.num_val or None)
+        report = registry.spec(d.dataset).report_split
+        if report != "val":   # the report split: its skip + limit must fit too
+            registry.build_dataset(d.dataset, d.root, report, skip_corrupt=d.skip_corrupt,
+                                   limit=d.num_test or None, skip=d.test_skip)
     except (FileNotFoundError, ValueError) as exc:
         raise DataError(f"data.root {d.root}: {exc}") from exc
     per_rank = len(train) // world_size
