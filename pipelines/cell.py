@@ -11,6 +11,7 @@ train no DINO head).
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ from .store import COLLAPSE, TEACHER, cell_summary, eval_key, is_done, mark_done
 
 log = logging.getLogger(__name__)
 ATTENTION_MAPS = "attention_maps.json"   # the attention figure's input (pipelines/report/render.py)
-N_MAPS = 4
+N_MAPS = 3
 
 
 def _limit(n: int) -> int | None:
@@ -100,12 +101,17 @@ def evaluate_cell(cfg: Config, cell: Path) -> dict:
     return out
 
 
+def _uint8_b64(a: torch.Tensor) -> dict:
+    return {"shape": list(a.shape), "uint8": base64.b64encode(a.contiguous().numpy().tobytes()).decode()}
+
+
 @torch.no_grad()
 def save_attention_maps(backbone: torch.nn.Module, report, threshold: float, norm, jaccard: list[float],
                         path: Path) -> None:
-    """JSON of the first N_MAPS report images (RGB uint8), their object masks, each head's last-layer
-    CLS attention on the patch grid (summing to 1) and its threshold-mass mask, and each head's
-    Jaccard over the report split (compact: one line)."""
+    """JSON of the first N_MAPS report images (RGB, (N, H, W, 3)) and their object masks ((N, H, W), 0/1),
+    both uint8 arrays as {"shape", "uint8": base64 of the C-order bytes}; each head's last-layer CLS
+    attention on the patch grid (N, heads, h, w), summing to 1, and its threshold-mass mask (0/1); and
+    each head's Jaccard over the report split."""
     items = [report[i] for i in range(min(N_MAPS, len(report)))]
     x = torch.stack([it[0] for it in items])
     attn = cls_attention(backbone.eval(), x)
@@ -113,9 +119,9 @@ def save_attention_maps(backbone: torch.nn.Module, report, threshold: float, nor
     p, (h, w) = backbone.patch_size, attn.shape[-2:]
     mean, std = (torch.tensor(v).view(3, 1, 1) for v in norm)
     rgb = ((x[..., :h * p, :w * p] * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
-    out = {"threshold": threshold, "patch_size": p, "jaccard_per_head": jaccard, "images": rgb.tolist(),
-           "objects": [(it[2][..., :h * p, :w * p] > 0).to(torch.uint8).tolist() for it in items],
-           "attention": attn.round(decimals=5).tolist(),
+    objects = torch.stack([it[2][..., :h * p, :w * p] > 0 for it in items]).to(torch.uint8)
+    out = {"threshold": threshold, "patch_size": p, "jaccard_per_head": jaccard, "images": _uint8_b64(rgb),
+           "objects": _uint8_b64(objects), "attention": attn.round(decimals=5).tolist(),
            "masks": mass_mask(attn.flatten(2), threshold).view_as(attn).to(torch.uint8).tolist()}
     atomic_write_text(path, json.dumps(out, separators=(",", ":")))
 

@@ -142,14 +142,16 @@ def write_maps(path, heads: int, seed: int) -> None:
 
 def test_attention_figure_renders_from_saved_maps_byte_stable(tmp_path, one_thread):
     from pipelines.report.figures import figure_specs
-    from pipelines.report.render import render_png
+    from pipelines.report.render import render_png, uint8_array
     from pipelines.report.stage import load_extras, load_studies
     maps = tmp_path / "attention" / "maps"
     maps.mkdir(parents=True)
     for i, row in enumerate(("dino", "supervised", "random_init")):
         write_maps(maps / f"attention__{row}.json", 2, i)
     saved = json.loads((maps / "attention__dino.json").read_text())
-    assert np.asarray(saved["attention"]).shape == (2, 2, 4, 4) and np.asarray(saved["images"]).shape == (2, 16, 16, 3)
+    assert np.asarray(saved["attention"]).shape == (2, 2, 4, 4) and uint8_array(saved["images"]).shape == (2, 16, 16, 3)
+    objects = uint8_array(saved["objects"])
+    assert objects.shape == (2, 16, 16) and set(np.unique(objects)) == {0, 1}
     assert np.allclose(np.asarray(saved["attention"]).sum(axis=(-2, -1)), 1.0, atol=1e-3)
     study = next(s for s in load_studies(PARAMS.parent / "ablations") if s["study"] == "attention")
     specs = [f for f in figure_specs([study], pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), load_extras(tmp_path))
@@ -191,7 +193,7 @@ def test_a_random_init_cell_evaluates_its_attention_and_the_evaluate_stage_colle
     assert summary["status"] == "ok" and 0.0 <= summary["jaccard_best_head"] <= 100.0
     assert not (cell / "collapse.json").exists()   # no DINO head was trained: no targets to judge
     maps = json.loads((cell / ATTENTION_MAPS).read_text())
-    assert np.asarray(maps["attention"]).shape == (4, 2, 4, 4) and maps["jaccard_per_head"] == \
+    assert np.asarray(maps["attention"]).shape == (3, 2, 4, 4) and maps["jaccard_per_head"] == \
         json.loads((cell / "eval.json").read_text())["jaccard_per_head"]
     table = pd.DataFrame([{"study": "attention", "row": "random_init", "seed": 0, "cell": "c0"},
                           {"study": "fig6_teacher", "row": "momentum", "seed": 0, "cell": "c0"}])

@@ -113,7 +113,7 @@ def attention_maps_spec(study: dict, extras: dict) -> FigureSpec | None:
     if not rows:
         return None
     return FigureSpec(f"{study['study']}_maps.png", "attention_maps",
-                      f"{study['title']}: last-layer CLS attention per head (seed 0), 60 %-mass masks "
+                      f"{study['title']}: last-layer CLS attention per head (seed 0)\n60 %-mass masks "
                       "outlined; J: the head's Jaccard (%) over the report split",
                       pd.DataFrame(rows, columns=["row", "label", "path"]), {"n_images": 3})
 
