@@ -41,10 +41,12 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(out_dir: Path, *, student, teacher, optimizer, dino_loss, scaler, epoch: int,
-                    config: dict) -> None:
+                    config: dict, extra: dict | None = None) -> None:
     """Keys as in the official checkpoint.pth: student, teacher, optimizer, epoch (next epoch
-    to run), dino_loss (center, queue), fp16_scaler, args; plus our RNG states."""
-    state = {"student": student.state_dict(), "teacher": teacher.state_dict(),
+    to run), dino_loss (center, queue), fp16_scaler, args; plus our RNG states and the state
+    dicts of ``extra`` modules (name -> module, e.g. a supervised run's classifier)."""
+    state = {**{k: m.state_dict() for k, m in (extra or {}).items()},
+             "student": student.state_dict(), "teacher": teacher.state_dict(),
              "optimizer": optimizer.state_dict(), "dino_loss": dino_loss.state_dict(),
              "fp16_scaler": scaler.state_dict() if scaler is not None else None,
              "epoch": epoch, "args": config, "rng": rng_state()}
@@ -54,8 +56,10 @@ def save_checkpoint(out_dir: Path, *, student, teacher, optimizer, dino_loss, sc
     os.replace(tmp, path)
 
 
-def load_checkpoint(out_dir: Path, *, student, teacher, optimizer, dino_loss, scaler) -> int:
-    """Restore everything from out_dir/checkpoint.pth; returns the epoch to start at (0 if none)."""
+def load_checkpoint(out_dir: Path, *, student, teacher, optimizer, dino_loss, scaler,
+                    extra: dict | None = None) -> int:
+    """Restore everything from out_dir/checkpoint.pth (and the ``extra`` modules save_checkpoint
+    stored); returns the epoch to start at (0 if none)."""
     path = out_dir / CHECKPOINT
     if not path.is_file():
         return 0
@@ -64,6 +68,8 @@ def load_checkpoint(out_dir: Path, *, student, teacher, optimizer, dino_loss, sc
     teacher.load_state_dict(state["teacher"])
     optimizer.load_state_dict(state["optimizer"])
     dino_loss.load_state_dict(state["dino_loss"])
+    for k, m in (extra or {}).items():
+        m.load_state_dict(state[k])
     if scaler is not None and state.get("fp16_scaler"):
         scaler.load_state_dict(state["fp16_scaler"])
     set_rng_state(state["rng"])

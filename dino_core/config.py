@@ -113,6 +113,7 @@ class TrainConfig:
     saveckp_freq: int = spec(1, INF)
     device: str = spec(choices=("auto", "cpu", "cuda"))
     log_every: int = spec(1, INF)          # steps between progress lines
+    objective: str = spec(choices=("dino", "supervised", "none"))   # none: the ViT at its initialisation
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class EvalConfig:
 # and the run store's cell hash (pipelines/store.py) leaves such a key out while it holds that
 # value, so cells trained before the key existed keep their identity. params.yaml must give them.
 LATER_KEYS: dict[tuple[str, str], Any] = {("crops", "rotation"): 0, ("data", "num_test"): 0,
-                                          ("data", "test_skip"): 0}
+                                          ("data", "test_skip"): 0, ("train", "objective"): "dino"}
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,9 @@ def train(cfg: Config, out_dir: str | Path, dataset: Dataset, mean, std,
     `status` is "ok", "diverged" (a non-finite loss stops the run cleanly) or "stopped"
     (`on_epoch_end(epoch, epoch_stats, run)` returned False, e.g. a pruned tuning trial).
     """
+    if cfg.train.objective != "dino":   # the attention study's references (dino_core/supervised.py)
+        from .supervised import train_reference
+        return train_reference(cfg, out_dir, dataset, mean, std)
     out_dir = Path(out_dir)
     run = setup(cfg, dataset, mean, std)
     ckpt = dict(student=run.student_mod, teacher=run.teacher_net, optimizer=run.optimizer,

@@ -5,10 +5,14 @@ with DONE returns its summary; an interrupted one resumes from its checkpoint (p
 finished one whose evaluation is stale (store.needs_eval) is re-evaluated, not re-trained.
 Evaluation (eval.json): dino_core.evaluate.protocol.evaluate_backbone of the teacher backbone
 (k-NN and the linear probe, chosen on the select split and measured on the report split; attention
-Jaccard where masks exist) and the collapse metrics of teacher and student on the report split.
+Jaccard where masks exist, with the per-head maps of a few report images: ATTENTION_MAPS) and the
+collapse metrics of teacher and student on the report split (DINO runs: the other `train.objective`s
+train no DINO head).
 """
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import math
 from pathlib import Path
@@ -16,11 +20,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from dino_core.checkpoint import CHECKPOINT, atomic_write_json
+from dino_core.checkpoint import CHECKPOINT, atomic_write_json, atomic_write_text
 from dino_core.config import Config
 from dino_core.device import resolve_device
 from dino_core.distributed import is_main
 from dino_core.data.registry import NORMALIZATION, build_dataset, spec
+from dino_core.evaluate.attention import cls_attention, mass_mask
 from dino_core.evaluate.collapse import collapse_metrics
 from dino_core.evaluate.features import knn_and_linear_features
 from dino_core.evaluate.knn import knn_classify
@@ -32,6 +37,8 @@ from .store import (COLLAPSE, TEACHER, cell_summary, check_same_config, eval_fai
                     mark_done, needs_eval, read_teacher, training_status, write_teacher)
 
 log = logging.getLogger(__name__)
+ATTENTION_MAPS = "attention_maps.json"   # the attention figure's input (pipelines/report/render.py)
+N_MAPS = 3
 
 
 def _limit(n: int) -> int | None:
@@ -89,8 +96,36 @@ def evaluate_cell(cfg: Config, cell: Path) -> dict:
     backbone = read_teacher(cell, build_network(cfg, False).backbone)
     out = {"eval_key": eval_key(cfg), **evaluate_backbone(backbone, cfg.eval, sets,
                                                           resolve_device(cfg.train.device), cfg.train.seed)}
+    if sets.has_masks:
+        save_attention_maps(backbone, sets.report.dataset, cfg.eval.attn_threshold, NORMALIZATION[cfg.data.dataset],
+                            out["jaccard_per_head"], cell / ATTENTION_MAPS)
     atomic_write_json(cell / "eval.json", out)
     return out
+
+
+def _uint8_b64(a: torch.Tensor) -> dict:
+    return {"shape": list(a.shape), "uint8": base64.b64encode(a.contiguous().numpy().tobytes()).decode()}
+
+
+@torch.no_grad()
+def save_attention_maps(backbone: torch.nn.Module, report, threshold: float, norm, jaccard: list[float],
+                        path: Path) -> None:
+    """JSON of the first N_MAPS report images (RGB, (N, H, W, 3)) and their object masks ((N, H, W), 0/1),
+    both uint8 arrays as {"shape", "uint8": base64 of the C-order bytes}; each head's last-layer CLS
+    attention on the patch grid (N, heads, h, w), summing to 1, and its threshold-mass mask (0/1); and
+    each head's Jaccard over the report split."""
+    items = [report[i] for i in range(min(N_MAPS, len(report)))]
+    x = torch.stack([it[0] for it in items])
+    attn = cls_attention(backbone.eval(), x)
+    attn = attn / attn.sum(dim=(-2, -1), keepdim=True)
+    p, (h, w) = backbone.patch_size, attn.shape[-2:]
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in norm)
+    rgb = ((x[..., :h * p, :w * p] * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    objects = torch.stack([it[2][..., :h * p, :w * p] > 0 for it in items]).to(torch.uint8)
+    out = {"threshold": threshold, "patch_size": p, "jaccard_per_head": jaccard, "images": _uint8_b64(rgb),
+           "objects": _uint8_b64(objects), "attention": attn.round(decimals=5).tolist(),
+           "masks": mass_mask(attn.flatten(2), threshold).view_as(attn).to(torch.uint8).tolist()}
+    atomic_write_text(path, json.dumps(out, separators=(",", ":")))
 
 
 def finish_cell(cfg: Config, cell: Path) -> None:
@@ -99,6 +134,9 @@ def finish_cell(cfg: Config, cell: Path) -> None:
     not, and its tau_t, so a no-centering row is judged on what its student was trained towards)
     and the fp16 teacher backbone that every evaluation reads."""
     student, teacher, loss = load_trained(cfg, cell)
+    if cfg.train.objective != "dino":   # supervised / none trained no DINO head: no targets to judge
+        write_teacher(cell, teacher.backbone)
+        return
     sets = eval_sets(cfg.data, cfg.eval.batch_size)
     out = run_targets_collapse(student, teacher, loss, cfg.train.epochs - 1, sets.report,
                                resolve_device(cfg.train.device))

@@ -27,8 +27,9 @@ from dino_core.evaluate.protocol import eval_sets
 from dino_core.train import build_network
 
 from .baselines import random_init, raw_pixels
+from .cell import ATTENTION_MAPS
 from .grid import plan
-from .params import ROOT, grid_cells, load_all, resolve_profile
+from .params import ROOT, grid_cells, load_all, load_study, resolve_profile
 from .store import cell_dir, cell_summary, is_done, needs_eval, read_history, read_teacher
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,21 @@ def attention_of_default(cfg: Config, cell: Path, out: Path) -> dict:
             "random_init_jaccard_mean_head": rand["jaccard_mean_head"]}
 
 
+def copy_attention_maps(table: pd.DataFrame, store: Path, out: Path) -> None:
+    """The per-head maps (cell.ATTENTION_MAPS) of the seed-0 cell of each row of the studies that
+    draw them (`attention_maps: true` in the study file) -> out/<study>__<row>.json."""
+    for r in table[table.seed == 0].itertuples(index=False):
+        if not load_study(r.study).get("attention_maps"):
+            continue
+        src = store / "cells" / r.cell / ATTENTION_MAPS
+        if not src.is_file():
+            log.warning("%s/%s: cell %s has no %s (evaluated before it existed, or no masks)",
+                        r.study, r.row, r.cell, ATTENTION_MAPS)
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / f"{r.study}__{r.row}.json", src.read_text())
+
+
 def environment(params: dict, cells: pd.DataFrame, history: list[dict]) -> dict:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -117,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(results / "attention", ignore_errors=True)
     att = attention_of_default(cfg, default_cell, results / "attention")
     atomic_write_json(results / "attention" / "attention.json", att)
+    copy_attention_maps(table, store, results / "attention" / "maps")
     atomic_write_json(results / "env.json", environment(params, cells, read_history(store)))
     # `dvc metrics show`: the default configuration, mean over its seeds
     hashes = {cell_dir(store, cfg.replace("train", seed=int(s))).name for s in set(cells.seed)}

@@ -37,7 +37,8 @@ def _not_ok_note(status: pd.Series) -> str:
 
 
 def aggregate(cells: pd.DataFrame, num_classes: int | None = None) -> pd.DataFrame:
-    """One row per (study, row): n_seeds, n, knn_mean, knn_std, n_collapsed, not_ok, time/mem."""
+    """One row per (study, row): n_seeds, n, knn_mean, knn_std, n_collapsed, not_ok, time/mem, jac
+    (the attention Jaccard of the best head)."""
     df = seed_level(cells, num_classes)
     ok = df[df["ok"]]
     g_all, g = df.groupby(KEYS, sort=False), ok.groupby(KEYS, sort=False)
@@ -46,7 +47,7 @@ def aggregate(cells: pd.DataFrame, num_classes: int | None = None) -> pd.DataFra
     out["n"] = g.size().reindex(out.index).fillna(0).astype(int)
     out["n_collapsed"] = g["collapsed_seed"].sum().reindex(out.index).fillna(0).astype(int)
     for col, name in (("knn20_top1", "knn"), ("linear_top1", "lin"), ("epoch_time_s", "time"),
-                      ("peak_mem_mb", "mem")):
+                      ("peak_mem_mb", "mem"), ("jaccard_best_head", "jac")):
         grp = num_col(ok, col).groupby([ok["study"], ok["row"]], sort=False)
         out[f"{name}_mean"] = grp.mean().reindex(out.index)
         out[f"{name}_std"] = grp.std(ddof=1).reindex(out.index)

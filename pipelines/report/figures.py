@@ -104,6 +104,20 @@ def attention_spec(extras: dict) -> FigureSpec | None:
     return FigureSpec("attention.png", "attention", title, pd.DataFrame({"path": images}))
 
 
+def attention_maps_spec(study: dict, extras: dict) -> FigureSpec | None:
+    """Per-head attention maps of each row's seed-0 cell (results/attention/maps/<study>__<row>.json)."""
+    maps = {p.rsplit("/", 1)[-1][:-len(".json")]: p for p in (extras.get("attention") or {}).get("maps") or []}
+    col = study["columns"][0]
+    rows = [(r["name"], str((r.get("columns") or {}).get(col, r["name"])), maps[f"{study['study']}__{r['name']}"])
+            for r in study["rows"] if f"{study['study']}__{r['name']}" in maps]
+    if not rows:
+        return None
+    return FigureSpec(f"{study['study']}_maps.png", "attention_maps",
+                      f"{study['title']}: last-layer CLS attention per head (seed 0)\n60 %-mass masks "
+                      "outlined; J: the head's Jaccard (%) over the report split",
+                      pd.DataFrame(rows, columns=["row", "label", "path"]), {"n_images": 3})
+
+
 def figure_specs(studies: list[dict], seeds: pd.DataFrame, curves: pd.DataFrame, cells: pd.DataFrame,
                  extras: dict) -> list[FigureSpec]:
     specs = []
@@ -114,5 +128,7 @@ def figure_specs(studies: list[dict], seeds: pd.DataFrame, curves: pd.DataFrame,
             specs.append(sweep_spec(s, seeds, extras.get("baselines")))
         if paper_has(s, "time_h") or paper_has(s, "mem_gb"):
             specs.append(cost_spec(s, seeds, extras.get("cost")))
+        if s.get("attention_maps"):
+            specs.append(attention_maps_spec(s, extras))
     specs += [curves_spec(studies, curves, cells), attention_spec(extras)]
     return [f for f in specs if f is not None]

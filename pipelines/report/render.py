@@ -1,10 +1,13 @@
 """Seaborn rendering of the figure specs to PNG bytes (Agg backend, fixed style)."""
 from __future__ import annotations
 
+import base64
 import io
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .model import DPI, FigureSpec
@@ -128,8 +131,46 @@ def render_attention(spec: FigureSpec, results: Path):
     return fig
 
 
+def _outline(ax, mask: np.ndarray, color: str) -> None:
+    if 0 < mask.sum() < mask.size:   # contour needs both levels
+        ax.contour(mask, levels=[0.5], colors=color, linewidths=0.8)
+
+
+def uint8_array(d: dict) -> np.ndarray:
+    """An array saved by pipelines.cell.save_attention_maps: {"shape", "uint8": base64 bytes}."""
+    return np.frombuffer(base64.b64decode(d["uint8"]), dtype=np.uint8).reshape(d["shape"])
+
+
+def render_attention_maps(spec: FigureSpec, results: Path):
+    """Per image, one line per row (model): the image with its object outlined, then each head's
+    attention (patch grid, nearest-upsampled) with its threshold-mass mask outlined and its Jaccard."""
+    plt, _ = _plt()
+    maps = [json.loads((results / p).read_text()) for p in spec.data["path"]]
+    for m in maps:
+        m["images"], m["objects"] = uint8_array(m["images"]), uint8_array(m["objects"])
+    n_img = min([spec.options["n_images"]] + [len(m["images"]) for m in maps])
+    heads = max(len(m["attention"][0]) for m in maps)
+    fig, ax = plt.subplots(n_img * len(maps), heads + 1, figsize=(1.25 * (heads + 1), 1.3 * n_img * len(maps)),
+                           squeeze=False)
+    for i in range(n_img):
+        for j, (m, label) in enumerate(zip(maps, spec.data["label"])):
+            line, up = ax[i * len(maps) + j], np.ones((m["patch_size"],) * 2)
+            line[0].imshow(m["images"][i])
+            _outline(line[0], m["objects"][i].astype(float), "w")
+            line[0].set_title(f"{label}, image {i}", fontsize=6)
+            for h in range(len(m["attention"][i])):
+                line[h + 1].imshow(np.kron(np.asarray(m["attention"][i][h]), up), cmap="inferno")
+                _outline(line[h + 1], np.kron(np.asarray(m["masks"][i][h], dtype=float), up), "c")
+                line[h + 1].set_title(f"head {h}: J {m['jaccard_per_head'][h]:.1f} %", fontsize=6)
+            for a in line:
+                a.axis("off")
+    fig.suptitle(spec.title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 RENDERERS = {"fig7": render_fig7, "sweep": render_sweep, "cost": render_cost, "curves": render_curves,
-             "attention": render_attention}
+             "attention": render_attention, "attention_maps": render_attention_maps}
 
 
 def render_png(spec: FigureSpec, results: Path) -> bytes:

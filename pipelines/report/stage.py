@@ -53,7 +53,8 @@ def load_extras(results: Path) -> dict:
     return {"baselines": _read_json(results / "baselines.json"), "env": _read_json(results / "env.json"),
             "cost": _read_json(results / "cost.json"),
             "attention": {"json": _read_json(att / "attention.json"),
-                          "images": sorted(p.relative_to(results).as_posix() for p in att.glob("attn_*.png"))},
+                          "images": sorted(p.relative_to(results).as_posix() for p in att.glob("attn_*.png")),
+                          "maps": sorted(p.relative_to(results).as_posix() for p in att.glob("maps/*.json"))},
             "tune": {"plots": sorted(p.relative_to(results).as_posix() for p in tune.glob("*.png")),
                      "trials": "tune/trials.csv" if (tune / "trials.csv").is_file() else None}}
 

@@ -75,6 +75,9 @@ def row_record(protocol: dict, study: dict, row: dict, res: Result, agg: pd.Data
     if paper_has(study, "time_h") or paper_has(study, "mem_gb"):
         rec.update(_cost_fields(a, paper))
         rec["note"] += "; time, memory: cost stage (CPU s per epoch)" if rec["cost_apart"] else ""
+    if paper_has(study, "jaccard"):
+        get = (lambda k: float(a[k]) if a is not None else math.nan)
+        rec.update(paper_jaccard=paper.get("jaccard"), jaccard_mean=get("jac_mean"), jaccard_std=get("jac_std"))
     if paper_has(study, "entropy"):
         rec.update(_entropy_fields(ent.loc[(sname, name)] if (sname, name) in ent.index else None, paper))
     return rec
@@ -100,6 +103,10 @@ def display_frame(study: dict, num: pd.DataFrame) -> pd.DataFrame:
         d["paper entropy"] = num["paper_entropy"].map({"zero": "→ 0", "log_k": "→ ln K"}).fillna("")
         d["ours H(Pt)/ln K"] = [fmt_mean_std(m, s, n, 2) for m, s, n in zip(
             num["entropy_last_over_lnK_mean"], num["entropy_last_over_lnK_std"], num["entropy_n"])]
+    if "paper_jaccard" in num:
+        d["paper Jaccard"] = num["paper_jaccard"].map(fmt_num)
+        d["ours Jaccard"] = [fmt_mean_std(m, s, n)
+                             for m, s, n in zip(num["jaccard_mean"], num["jaccard_std"], num["n"])]
     d["Δ vs default"] = [fmt_num(x) for x in num["delta"]]
     d["95% CI"] = [_fmt_ci(lo, hi) for lo, hi in zip(num["ci_low"], num["ci_high"])]
     d["p (Holm)"] = [_fmt_p(p, h) for p, h in zip(num["p"], num["p_holm"])]
