@@ -1,7 +1,7 @@
 """The learning budget: the shortest schedule of ablations/protocol.yaml `budget.candidates` (epochs)
 at which, on the select split, the default row learns and every collapse row stands apart.
 
-    python -m pipelines.budget --params params.yaml --out results/budget.json
+    python -m pipelines.budget --params params.yaml --out results/budget.json [--no-train]
 
 For each candidate, shortest first: the default row (budget.default_seeds) and each collapse row
 (seed 0) are trained as grid cells (the run store, the launcher of launch.yaml; cells already
@@ -24,7 +24,7 @@ from .ddp_entry import train_cell_ddp
 from .launch import CellFailed, load_launch_config, run_cells
 from .params import ROOT, grid_cells, load_all
 from .protocol import load_protocol
-from .store import cell_dir, read_eval
+from .store import cell_dir, cell_summary, is_done
 
 log = logging.getLogger(__name__)
 KNN = "select_knn20_top1"
@@ -55,31 +55,41 @@ def decide(rows: list[dict], random_knn: dict[int, float], budget: dict) -> dict
             "passes": ok}
 
 
-def measure(params: dict, epochs: int, protocol: dict, root: Path = ROOT) -> dict:
-    """Train (or reuse) the candidate's cells and decide on the select split."""
+def measure(params: dict, epochs: int, protocol: dict, root: Path = ROOT, train: bool = True) -> dict | None:
+    """Train (or reuse) the candidate's cells and decide on the select split; with ``train`` False,
+    None unless every cell of the candidate has finished."""
     budget, store = protocol["budget"], root / params["grid"]["store"]
     cells = budget_cells(params, epochs, budget, root)
     paths = [cell_dir(store, Config.from_dict(p)) for *_, p in cells]
+    if not train and not all(is_done(d) for d in paths):
+        return None
     launch = load_launch_config(root / "launch.yaml")
     outcomes = run_cells(train_cell_ddp, [(str(d), p) for d, (*_, p) in zip(paths, cells)], launch,
                          root / launch.folder, name="dino-budget")
     failed = [str(d) for d, o in zip(paths, outcomes) if isinstance(o, CellFailed)]
     if failed:
         raise SystemExit(f"budget: cells failed: {failed}")
-    rows = [{"study": s, "row": r, "seed": seed, "cell": d.name, "knn": read_eval(d)[KNN],
-             "collapsed": bool(read_eval(d).get("collapsed"))} for (s, r, seed, _), d in zip(cells, paths)]
+    summaries = [cell_summary(d) for d in paths]   # DONE + collapse.json + eval.json
+    rows = [{"study": s, "row": r, "seed": seed, "cell": d.name, "knn": m[KNN], "collapsed": bool(m.get("collapsed"))}
+            for (s, r, seed, _), d, m in zip(cells, paths, summaries)]
     randoms = {seed: random_init(Config.from_dict(p), linear=False)[KNN]
                for s, r, seed, p in cells if (s, r) == ("fig6_teacher", "momentum")}
     return {"epochs": epochs, "random_init_knn": randoms, "rows": rows, **decide(rows, randoms, budget)}
 
 
-def choose(params: dict, root: Path = ROOT) -> dict:
-    """Candidates shortest first until one passes; every measured candidate is kept in the result."""
+def choose(params: dict, root: Path = ROOT, train: bool = True) -> dict:
+    """Candidates shortest first until one passes; every measured candidate is kept in the result.
+    ``train`` False measures only candidates whose cells have all finished (a record of the state
+    so far: chosen_epochs stays None until a candidate passes)."""
     protocol = load_protocol(root)
     params = merge(params, {"profile": "default"})
     tried = []
     for epochs in sorted(protocol["budget"]["candidates"]):
-        tried.append(measure(params, epochs, protocol, root))
+        result = measure(params, epochs, protocol, root, train)
+        if result is None:
+            log.info("budget %d epochs: cells not all finished; stopping here (--no-train)", epochs)
+            break
+        tried.append(result)
         log.info("budget %d epochs: gain %+.1f, collapse rows separated %s -> %s", epochs, tried[-1]["gain"],
                  [c["separated"] for c in tried[-1]["collapse_rows"]], "passes" if tried[-1]["passes"] else "fails")
         if tried[-1]["passes"]:
@@ -92,11 +102,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--out", default=str(ROOT / "results" / "budget.json"))
+    ap.add_argument("--no-train", action="store_true",
+                    help="train nothing: record the candidates whose cells have all finished")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = choose(load_all(args.params))
+    result = choose(load_all(args.params), train=not args.no_train)
     atomic_write_json(out, result)
     log.info("learning budget: %s epochs (%s)", result["chosen_epochs"], out)
 
