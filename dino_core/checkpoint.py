@@ -5,7 +5,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -13,15 +13,32 @@ import torch
 CHECKPOINT = "checkpoint.pth"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so a reader never sees a partial file."""
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path``, flushed to disk, then renamed over ``path``:
+    a reader sees the old file or the whole new one, never a part (the one atomic write of the suite)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def rng_state() -> dict:
@@ -50,10 +67,7 @@ def save_checkpoint(out_dir: Path, *, student, teacher, optimizer, dino_loss, sc
              "optimizer": optimizer.state_dict(), "dino_loss": dino_loss.state_dict(),
              "fp16_scaler": scaler.state_dict() if scaler is not None else None,
              "epoch": epoch, "args": config, "rng": rng_state()}
-    path = out_dir / CHECKPOINT
-    tmp = path.with_name(f".{CHECKPOINT}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(out_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(out_dir: Path, *, student, teacher, optimizer, dino_loss, scaler,

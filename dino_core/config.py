@@ -231,7 +231,5 @@ def merge(base: dict, diff: dict, where: str = "diff") -> dict:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config next to a run's outputs (atomically)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=True))
-    tmp.replace(path)
+    from .checkpoint import atomic_write_text   # checkpoint imports torch; config stays light
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=True))

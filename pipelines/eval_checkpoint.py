@@ -35,7 +35,8 @@ def evaluate(checkpoint: Path, params: dict, key: str | None, out: Path, weights
     """Build the loaders from params' data section and run dino_core's evaluate_checkpoint."""
     from dino_core.config import Config
     from dino_core.device import resolve_device
-    from dino_core.evaluate.checkpoint import evaluate_checkpoint, write_json_atomic
+    from dino_core.checkpoint import atomic_write_json
+    from dino_core.evaluate.checkpoint import evaluate_checkpoint
     from dino_core.evaluate.protocol import eval_sets
 
     cfg = Config.from_dict(params)
@@ -43,7 +44,7 @@ def evaluate(checkpoint: Path, params: dict, key: str | None, out: Path, weights
                             arch="auto", num_heads=cfg.model.num_heads, checkpoint_key=key,
                             device=resolve_device(cfg.train.device), weights_only=weights_only, seed=cfg.train.seed)
     m.update(config={"data": params["data"], "eval": params["eval"]})
-    write_json_atomic(m, out)
+    atomic_write_json(out, m)
     log.info("wrote %s: k-NN@20 %s, linear %s", out, m.get("knn20_top1"), m.get("linear_top1"))
     return m
 

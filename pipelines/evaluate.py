@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 import dino_core
-from dino_core.checkpoint import atomic_write_json, atomic_write_text
+from dino_core.checkpoint import atomic_write, atomic_write_json, atomic_write_text
 from dino_core.config import Config, merge
 from dino_core.data.registry import NORMALIZATION
 from dino_core.evaluate.attention import attention_jaccard, save_attention_overlays
@@ -148,10 +148,7 @@ def export_teacher(cfg: Config, cell: Path, out: Path) -> None:
     """The default model for users: the teacher backbone as a bare state dict with the official key
     names (the layout of the released dino_deitsmall16_pretrain.pth), fp32 from the cell's fp16 weights."""
     backbone = read_teacher(cell, build_network(cfg, False).backbone)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(backbone.state_dict(), tmp)
-    tmp.replace(out)
+    atomic_write(out, lambda tmp: torch.save(backbone.state_dict(), tmp))
 
 
 if __name__ == "__main__":

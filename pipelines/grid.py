@@ -26,6 +26,7 @@ import pandas as pd
 
 from dino_core.checkpoint import atomic_write_text
 from dino_core.config import Config
+from dino_core.monitor import count_flagged
 
 from .ddp_entry import train_cell_ddp
 from .launch import CellFailed, LaunchConfig, load_launch_config, run_cells
@@ -96,8 +97,10 @@ def run_grid(params: dict, launch_overrides: dict | None = None, root: Path = RO
     if pending:
         launch = load_launch_config(root / "launch.yaml", launch_overrides)
         executor = launch.executor
+        runs = [(store / "cells" / h, unique[h]["head"]["out_dim"]) for h in pending]
         results = run_cells(train_cell_ddp, [(str(store / "cells" / h), unique[h]) for h in pending], launch,
-                            root / launch.folder, name="dino-grid")
+                            root / launch.folder, name="dino-grid",
+                            note=lambda: f"collapse-flagged {count_flagged(runs)}")   # dino_core.monitor
         outcomes = dict(zip(pending, results))
     statuses = []
     for h in table["cell"]:

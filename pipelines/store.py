@@ -22,7 +22,7 @@ from typing import Iterator
 import torch
 import yaml
 
-from dino_core.checkpoint import atomic_write_json, atomic_write_text
+from dino_core.checkpoint import atomic_write, atomic_write_json, atomic_write_text
 from dino_core.config import LATER_KEYS, Config
 
 DONE = "DONE"
@@ -152,9 +152,8 @@ def cell_summary(path: Path) -> dict:
 
 def write_teacher(path: Path, backbone: torch.nn.Module) -> None:
     """The teacher backbone's weights in fp16 (atomically): all that evaluating the cell again needs."""
-    tmp = Path(path) / f".{TEACHER}.tmp"
-    torch.save({k: v.detach().to("cpu", torch.float16) for k, v in backbone.state_dict().items()}, tmp)
-    tmp.replace(Path(path) / TEACHER)
+    weights = {k: v.detach().to("cpu", torch.float16) for k, v in backbone.state_dict().items()}
+    atomic_write(Path(path) / TEACHER, lambda tmp: torch.save(weights, tmp))
 
 
 def read_teacher(path: Path, backbone: torch.nn.Module) -> torch.nn.Module:

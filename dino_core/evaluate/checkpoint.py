@@ -12,10 +12,8 @@ the strict load always matches; other input sizes use the ViT's bicubic pos-embe
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..checkpoint import atomic_write_json
 from ..config import EvalConfig
 from ..vit import ARCHS, VisionTransformer, build_vit
 from .collapse import collapse_verdict
@@ -142,19 +141,6 @@ def load_backbone(path: str | Path, arch: str = "vit_small", patch_size: int = 1
     return model.eval()
 
 
-def write_json_atomic(obj: dict[str, Any], path: str | Path) -> Path:
-    """json.dump to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
-
-
 def evaluate_checkpoint(ckpt_path: str | Path, sets: EvalSets, cfg: EvalConfig, *, arch: str = "vit_small",
                         patch_size: int = 16, embed_dim: int = 192, depth: int = 12, num_heads: int = 3,
                         checkpoint_key: str | None = "teacher", out_json: str | Path | None = None,
@@ -174,6 +160,6 @@ def evaluate_checkpoint(ckpt_path: str | Path, sets: EvalSets, cfg: EvalConfig, 
     m.update(evaluate_backbone(model, cfg, sets, device, seed, precision))
     m["collapsed"], m["collapse_reason"] = collapse_verdict(m)
     if out_json is not None and (not dist.is_initialized() or dist.get_rank() == 0):
-        write_json_atomic(m, out_json)
+        atomic_write_json(out_json, m)
         log.info("wrote %s", out_json)
     return m

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 HERE = Path(__file__).resolve().parent
 
+from dino_core.checkpoint import atomic_write_text
 from dino_core.config import Config
 from dino_core.data.registry import NORMALIZATION
 from dino_core.multicrop import MultiCropAugmentation, MultiCropDataset
@@ -94,11 +95,7 @@ def main() -> None:
     if args.name is None:
         print(text, end="")
         return
-    out = HERE / "supervised" / f"{args.name}.json"
-    out.parent.mkdir(exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    out = atomic_write_text(HERE / "supervised" / f"{args.name}.json", text)
     log.info("wrote %s", out)
 
 

@@ -15,7 +15,7 @@ from .executors import CellFailed, make_executor, Resumable
 log = logging.getLogger(__name__)
 
 # Final states: the job will not run again (a requeued job goes back to PENDING instead).
-_FINAL_STATES = frozenset({
+FINAL_STATES = frozenset({
     "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
     "PREEMPTED", "TIMEOUT", "REVOKED", "SPECIAL_EXIT",
 })
@@ -24,7 +24,7 @@ _FINAL_STATES = frozenset({
 # Pending reasons that never resolve by themselves: the request can never be satisfied
 # (clusters without EnforcePartLimits=ALL accept such jobs) or a dependency failed. Held jobs
 # (JobHeldUser/JobHeldAdmin) are waited for: bound those with max_wait_s.
-_HOPELESS_REASONS = frozenset({
+HOPELESS_REASONS = frozenset({
     "BadConstraints", "PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit",
     "InvalidAccount", "InvalidQOS", "DependencyNeverSatisfied",
 })
@@ -72,7 +72,7 @@ def _tail(path: tp.Optional[Path], n: int = 15) -> str:
         return ""
 
 
-class _Cell:
+class JobCell:
     __slots__ = ("index", "job", "stale_since", "submitted_at", "done_at", "outcome", "finished")
 
     def __init__(self, index: int) -> None:
@@ -90,7 +90,7 @@ def _task_jobs(job: tp.Any, all_tasks: bool) -> tp.List[tp.Any]:
     return [job.task(i) for i in range(n)] if all_tasks else [job.task(0)]
 
 
-def _has_results(job: tp.Any, all_tasks: bool) -> bool:
+def has_results(job: tp.Any, all_tasks: bool) -> bool:
     return all(t.paths.result_pickle.exists() for t in _task_jobs(job, all_tasks))
 
 
@@ -101,7 +101,7 @@ def _stderr_path(job: tp.Any) -> tp.Optional[Path]:
         return None
 
 
-def _collect(cell: _Cell, all_tasks: bool) -> tp.Any:
+def collect(cell: JobCell, all_tasks: bool) -> tp.Any:
     """Outcome of a cell whose result pickle(s) exist."""
     job = cell.job
     values = []
@@ -115,14 +115,14 @@ def _collect(cell: _Cell, all_tasks: bool) -> tp.Any:
     return values if all_tasks else values[0]
 
 
-def _failure_from_job(cell: _Cell, state: str, why: str) -> CellFailed:
+def failure_from_job(cell: JobCell, state: str, why: str) -> CellFailed:
     stderr = _stderr_path(cell.job)
     tail = _tail(stderr)
     detail = why + (f"; last lines of stderr:\n{tail}" if tail else "; stderr is empty or missing")
     return CellFailed(cell.index, cell.job.job_id, state, stderr, detail)
 
 
-def _cancel(jobs: tp.Sequence[tp.Any], executor_kind: str) -> None:
+def cancel(jobs: tp.Sequence[tp.Any], executor_kind: str) -> None:
     if executor_kind == "slurm":
         ids = sorted({str(j.job_id) for j in jobs})  # "<array>_<task>": only these cells
         if ids:
@@ -165,12 +165,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _run_debug(fn, args_list, cfg, folder, name, on_submit, all_tasks, checkpointable) -> list:
+def run_debug(fn, args_list, cfg, folder, name, on_submit, all_tasks, checkpointable, note=None) -> list:
     ex = make_executor(cfg, folder, name=name)
     outcomes: list = []
     t0 = time.time()
     for i, args in enumerate(args_list):
-        job = ex.submit(Resumable(fn, *args) if checkpointable else _Bound(fn, args))
+        job = ex.submit(Resumable(fn, *args) if checkpointable else Bound(fn, args))
         if on_submit is not None:
             on_submit([job])
         old = os.environ.get("SUBMITIT_DEBUG_JOB_ID")
@@ -187,21 +187,24 @@ def _run_debug(fn, args_list, cfg, folder, name, on_submit, all_tasks, checkpoin
                 os.environ.pop("SUBMITIT_DEBUG_JOB_ID", None)
             else:
                 os.environ["SUBMITIT_DEBUG_JOB_ID"] = old
-        _log_progress(name, i + 1, len(args_list), sum(isinstance(o, CellFailed) for o in outcomes),
-                      0, t0)
+        log_progress(name, i + 1, len(args_list), sum(isinstance(o, CellFailed) for o in outcomes),
+                     0, t0, note)
     return outcomes
 
 
-def _log_progress(name: str, done: int, total: int, failed: int, running: int, t0: float) -> None:
+def log_progress(name: str, done: int, total: int, failed: int, running: int, t0: float,
+                 note: tp.Optional[tp.Callable[[], str]] = None) -> None:
+    """The progress line: cells done / total, failed, running, elapsed, ETA (and ``note()``, e.g. the
+    grid's count of collapse-flagged cells)."""
     elapsed = time.time() - t0
     eta = "?"
     if done:
         eta = f"{elapsed / done * (total - done):.0f}s"
-    log.info("[%s] cells done %d/%d (failed %d, running %d), elapsed %.0fs, ETA %s",
-             name, done, total, failed, running, elapsed, eta)
+    log.info("[%s] cells done %d/%d (failed %d, running %d), elapsed %.0fs, ETA %s%s",
+             name, done, total, failed, running, elapsed, eta, f", {note()}" if note else "")
 
 
-class _Bound:
+class Bound:
     """Picklable ``fn(*args)`` without checkpointing."""
 
     def __init__(self, fn, args):

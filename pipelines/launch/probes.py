@@ -11,6 +11,8 @@ import typing as tp
 from pathlib import Path
 
 
+from dino_core.checkpoint import atomic_write_text
+
 from .config import DEFAULT_LAUNCH_YAML, EXECUTORS, load_launch_config
 from .executors import abs_folder, CellFailed, distributed_env
 from .run import run_cells
@@ -29,14 +31,14 @@ def probe_cell(i: int, out_dir: str, sleep_s: float = 0.0, fail: bool = False) -
     rec = {"i": i, "start": start, "end": end, "pid": os.getpid(), "host": os.uname().nodename,
            "job": os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    _atomic_write(Path(out_dir) / f"cell_{i}.json", json.dumps(rec))
+    atomic_write_text(Path(out_dir) / f"cell_{i}.json", json.dumps(rec))
     return i * i
 
 
 def probe_started(i: int, out_dir: str, sleep_s: float) -> int:
     """Marks ``started_<i>`` then behaves like :func:`probe_cell` (for kill/cancel tests)."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    _atomic_write(Path(out_dir) / f"started_{i}", str(time.time()))
+    atomic_write_text(Path(out_dir) / f"started_{i}", str(time.time()))
     return probe_cell(i, out_dir, sleep_s)
 
 
@@ -86,19 +88,13 @@ def probe_counter(progress_file: str, steps: int, step_s: float) -> tp.Dict[str,
     if path.exists():
         state = json.loads(path.read_text())
     state["starts"].append(state["step"])
-    _atomic_write(path, json.dumps(state))
+    atomic_write_text(path, json.dumps(state))
     while state["step"] < steps:
         time.sleep(step_s)
         state["value"] = _counter_step(state["value"], state["step"])
         state["step"] += 1
-        _atomic_write(path, json.dumps(state))
+        atomic_write_text(path, json.dumps(state))
     return {"value": state["value"], "starts": len(state["starts"]), "resumed_from": state["starts"]}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def check_cli(argv: tp.Optional[tp.List[str]] = None) -> int:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from .config import LaunchConfig
 from .executors import CellFailed, local_parallelism, make_executor, Resumable, SubmissionError
-from .jobs import (_FINAL_STATES, _HOPELESS_REASONS, _Bound, _cancel, _Cell, _collect, _failure_from_job,
-                   _has_results, _log_progress, _run_debug, squeue_states)
+from .jobs import (FINAL_STATES, HOPELESS_REASONS, Bound, cancel, JobCell, collect, failure_from_job,
+                   has_results, log_progress, run_debug, squeue_states)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ def run_cells(
     on_submit: tp.Optional[tp.Callable[[tp.List[tp.Any]], None]] = None,
     max_wait_s: tp.Optional[float] = None,
     raise_on_failure: bool = False,
+    note: tp.Optional[tp.Callable[[], str]] = None,
 ) -> tp.List[tp.Any]:
     """Run ``fn(*args)`` for each ``args`` in ``args_list``; one outcome per cell, in order.
 
@@ -38,7 +39,7 @@ def run_cells(
 
     An outcome is the cell's return value (with ``all_tasks=True``: the list of every task's
     return value, for multi-task jobs), or a :class:`CellFailed` naming the job's stderr log.
-    A failed cell does not stop the others.
+    A failed cell does not stop the others. ``note()``, when given, is appended to every progress line.
 
     - ``slurm``: all cells go out as ONE job array (``array_parallelism`` at once). Every
       ``poll_s`` seconds result files are checked and ``squeue`` is asked for the states; a job
@@ -61,10 +62,10 @@ def run_cells(
     if not args_list:
         return []
     if cfg.executor == "debug":
-        outcomes = _run_debug(fn, args_list, cfg, folder, name, on_submit, all_tasks, checkpointable)
+        outcomes = run_debug(fn, args_list, cfg, folder, name, on_submit, all_tasks, checkpointable, note)
     else:
         outcomes = _run_pool(fn, args_list, cfg, folder, name, poll, stale, checkpointable,
-                             all_tasks, on_submit, max_wait_s)
+                             all_tasks, on_submit, max_wait_s, note)
     failures = [o for o in outcomes if isinstance(o, CellFailed)]
     if failures:
         log.error("[%s] %d/%d cells failed:\n%s", name, len(failures), len(outcomes),
@@ -93,11 +94,11 @@ def _submit_slurm_array(ex, calls, cfg: LaunchConfig) -> tp.List[tp.Any]:
 
 
 def _run_pool(fn, args_list, cfg, folder, name, poll, stale, checkpointable, all_tasks,
-              on_submit, max_wait_s) -> list:
+              on_submit, max_wait_s, note=None) -> list:
     ex = make_executor(cfg, folder, name=name)
     kind = cfg.executor
-    cells = [_Cell(i) for i in range(len(args_list))]
-    calls = [Resumable(fn, *a) if checkpointable else _Bound(fn, a) for a in args_list]
+    cells = [JobCell(i) for i in range(len(args_list))]
+    calls = [Resumable(fn, *a) if checkpointable else Bound(fn, a) for a in args_list]
     total = len(cells)
     t0 = time.time()
     to_start = list(range(total))
@@ -137,9 +138,9 @@ def _run_pool(fn, args_list, cfg, folder, name, poll, stale, checkpointable, all
             done = sum(c.finished for c in cells)
             running = sum(1 for c in cells if c.job is not None and not c.finished)
             if done != last_done or time.time() - last_log > 60:
-                _log_progress(name, done, total,
-                              sum(isinstance(c.outcome, CellFailed) for c in cells if c.finished),
-                              running, t0)
+                log_progress(name, done, total,
+                             sum(isinstance(c.outcome, CellFailed) for c in cells if c.finished),
+                             running, t0, note)
                 last_log, last_done = time.time(), done
             if done == total:
                 break
@@ -147,7 +148,7 @@ def _run_pool(fn, args_list, cfg, folder, name, poll, stale, checkpointable, all
                 start_some()
             time.sleep(poll)
     except BaseException:
-        _cancel([c.job for c in cells if c.job is not None and not c.finished], kind)
+        cancel([c.job for c in cells if c.job is not None and not c.finished], kind)
         raise
     return [c.outcome for c in cells]
 
@@ -158,8 +159,8 @@ def _poll(cells: list, kind: str, now: float, stale: float, all_tasks: bool,
     Returns when squeue started failing (slurm; see _check_slurm)."""
     active = [c for c in cells if c.job is not None and not c.finished]
     for c in active:
-        if _has_results(c.job, all_tasks):
-            c.outcome, c.finished, c.done_at = _collect(c, all_tasks), True, time.time()
+        if has_results(c.job, all_tasks):
+            c.outcome, c.finished, c.done_at = collect(c, all_tasks), True, time.time()
     active = [c for c in active if not c.finished]
     if active and kind == "slurm":
         return _check_slurm(active, now, stale, all_tasks, failing_since)
@@ -177,26 +178,26 @@ def _check_slurm(active: list, now: float, stale: float, all_tasks: bool,
         failing_since = failing_since or now
         if now - failing_since > max(stale, 300.0):
             for c in active:
-                c.outcome = _failure_from_job(
+                c.outcome = failure_from_job(
                     c, "UNKNOWN", f"squeue has failed for {now - failing_since:.0f}s (slurmctld unreachable?)")
                 c.finished = True
         return failing_since
     for c in active:
         st, reason = states.get(str(c.job.job_id), (None, ""))
-        hopeless = st == "PENDING" and reason in _HOPELESS_REASONS
-        if not (st is None or st in _FINAL_STATES or hopeless):
+        hopeless = st == "PENDING" and reason in HOPELESS_REASONS
+        if not (st is None or st in FINAL_STATES or hopeless):
             c.stale_since = None
             continue
         c.stale_since = c.stale_since or now
-        if now - c.stale_since >= stale and not _has_results(c.job, all_tasks):
+        if now - c.stale_since >= stale and not has_results(c.job, all_tasks):
             if hopeless:
-                _cancel([c.job], "slurm")
+                cancel([c.job], "slurm")
                 why = f"job can never start (pending, reason {reason}); cancelled"
             elif st is None:
                 why = "job is no longer known to squeue, without writing a result"
             else:
                 why = f"job ended in state {st} without writing a result"
-            c.outcome, c.finished = _failure_from_job(c, st or "GONE", why), True
+            c.outcome, c.finished = failure_from_job(c, st or "GONE", why), True
     return None
 
 
@@ -205,19 +206,19 @@ def _check_local(active: list, now: float, stale: float, all_tasks: bool) -> Non
     for c in active:
         if c.job.done():
             c.stale_since = c.stale_since or now
-            if now - c.stale_since >= min(stale, 5.0) and not _has_results(c.job, all_tasks):
-                c.outcome, c.finished = _failure_from_job(
+            if now - c.stale_since >= min(stale, 5.0) and not has_results(c.job, all_tasks):
+                c.outcome, c.finished = failure_from_job(
                     c, c.job.state, "local job process exited without writing a result"), True
 
 
 def _give_up(cells: list, max_wait_s: float, kind: str) -> None:
     """max_wait_s reached: cancel what runs, fail every unfinished cell."""
     left = [c for c in cells if not c.finished]
-    _cancel([c.job for c in left if c.job is not None], kind)
+    cancel([c.job for c in left if c.job is not None], kind)
     for c in left:
         if c.job is None:
             c.outcome = CellFailed(c.index, "-", "NOT_SUBMITTED", None,
                                    f"max_wait_s={max_wait_s} reached before submission")
         else:
-            c.outcome = _failure_from_job(c, "CANCELLED", f"max_wait_s={max_wait_s} reached; job cancelled")
+            c.outcome = failure_from_job(c, "CANCELLED", f"max_wait_s={max_wait_s} reached; job cancelled")
         c.finished = True

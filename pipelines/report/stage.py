@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
 import yaml
+
+from dino_core.checkpoint import atomic_write_bytes
 
 from ..protocol import load_protocol
 from .model import Report
@@ -17,14 +18,6 @@ from .render import render_png
 from .tables import table_latex, table_markdown
 
 log = logging.getLogger(__name__)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and rename: a reader never sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def write_report(report: Report, results: Path) -> None:

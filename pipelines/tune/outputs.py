@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 
-import os
 import warnings
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pandas as pd
 import yaml
 from optuna.trial import TrialState
 
-from dino_core.checkpoint import atomic_write_text
+from dino_core.checkpoint import atomic_write, atomic_write_text
 from .plan import Plan
 from .settings import COLLAPSE_ATTRS, CONTOUR_KEYS
 from .space import Space
@@ -58,9 +57,7 @@ def best_params_text(study: optuna.Study, space: Space, epochs: int) -> str:
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None}))
 
 
 def _placeholder(path: Path, title: str, note: str) -> None:
