@@ -46,6 +46,8 @@ COMMANDS = {
     "prepare": Command("prepare", "check or generate the data set (DVC stage prepare)", True),
     "pretrain": Command("pretrain", "one run: pre-train + evaluate into --out (resumes; torchrun for DDP)", True),
     "grid": Command("grid", "every cell of every study x seed (DVC stage pretrain); writes results/grid.csv", True),
+    "budget": Command("budget", "the learning budget by ablations/protocol.yaml's rule, on the select split "
+                      "(writes results/budget.json)", True),
     "eval": Command("evaluate", "collect the cells' evaluation, baselines, attention maps (DVC stage evaluate)", True),
     "cost": Command("cost", "Table 8 time and memory per step, one row at a time (DVC stage cost)", True),
     "tune": Command("tune", "optuna search of the temperatures on your data (DVC stage tune)", True),
@@ -56,7 +58,7 @@ COMMANDS = {
                      "check_cli"),
 }
 
-KNOBS = """The knobs a DINO run most often needs (the official help strings' advice, paper_reference.md):
+KNOBS = """The knobs a DINO run most often needs (the advice of the official code's help strings):
   --set loss.teacher_temp=0.04     0.04 works in most cases; lower it (0.02) if the loss does not
                                    decrease; above 0.06 held constant it collapses to ln K (App. D)
   --set loss.warmup_teacher_temp_epochs=30   warm tau_t up from warmup_teacher_temp (paper: 0.04 -> 0.07)
