@@ -1,0 +1,155 @@
+"""Multi-crop augmentation applied to a whole batch at once (``crops.backend: tensor``).
+
+The draws are the per-image ones of the PIL path (multicrop.draw_views, from the generator seeded by
+(seed, epoch, index)); only the pixel work differs: each op runs on every image of a view at once,
+with the PIL op's arithmetic:
+
+- crop + resize: PIL's antialiased bicubic (a = -0.5, support scaled by the reduction factor) as
+  two resampling matrices per image, rows and columns (a flip reverses the column matrix);
+- colour jitter: ImageEnhance's blends (brightness against black, contrast against the rounded mean
+  grey level, saturation against the grey image) and a hue rotation in HSV, in each image's op order;
+- grayscale: PIL's L = (299 R + 587 G + 114 B) / 1000;
+- Gaussian blur: PIL's approximation, three passes of a box of fractional radius with edge
+  replication (Gwosdek et al. 2011), as matrices;
+- solarize: values >= 128/255 inverted.
+
+Values are clamped to [0, 1] after each op as PIL's uint8 images are, but not rounded to 1/255.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import functools
+
+import torch
+from torch import Tensor
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+def _cubic(t: Tensor) -> Tensor:
+    """PIL's bicubic kernel (a = -0.5)."""
+    a, t = -0.5, t.abs()
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = (((t - 5) * t + 8) * t - 4) * a
+    return torch.where(t < 1, near, torch.where(t < 2, far, torch.zeros_like(t)))
+
+
+def resize_matrix(start: Tensor, length: Tensor, size_in: int, size_out: int) -> Tensor:
+    """(n, size_out, size_in): PIL's resampling of pixels [start, start + length) to size_out."""
+    start, length = start.double()[:, None], length.double()[:, None]
+    scale = length / size_out
+    fscale = scale.clamp(min=1.0)
+    support = 2.0 * fscale
+    rel = (torch.arange(size_out, dtype=torch.float64) + 0.5)[None] * scale   # centres, crop coordinates
+    lo = (rel - support + 0.5).trunc().clamp(min=0) + start
+    hi = torch.minimum((rel + support + 0.5).trunc(), length) + start
+    x = torch.arange(size_in, dtype=torch.float64)[None, None]
+    w = _cubic((x + 0.5 - (rel + start)[..., None]) / fscale[..., None])
+    w = w * ((x >= lo[..., None]) & (x < hi[..., None]))
+    return (w / w.sum(-1, keepdim=True)).float()
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _resize_rows(start: int, length: int, size_in: int, size_out: int) -> Tensor:
+    return resize_matrix(torch.tensor([start]), torch.tensor([length]), size_in, size_out)[0]
+
+
+def crop_matrices(boxes: Sequence[tuple[int, int, int, int]], flips: Sequence[bool], h: int, w: int,
+                  size: int) -> tuple[Tensor, Tensor]:
+    """Row (n, size, h) and column (n, size, w) matrices of integer crop boxes (top, left, height,
+    width), cached per (start, length): a dataset of one image size has few distinct ones."""
+    rows = torch.stack([_resize_rows(t, ch, h, size) for t, _, ch, _ in boxes])
+    cols = torch.stack([_resize_rows(left, cw, w, size).flip(0) if fl else _resize_rows(left, cw, w, size)
+                        for (_, left, _, cw), fl in zip(boxes, flips)])
+    return rows, cols
+
+
+def box_blur_matrix(radius: Tensor, size: int, passes: int = 3) -> Tensor:
+    """(n, size, size): PIL's GaussianBlur(radius) along one axis (ImagingGaussianBlur)."""
+    sigma2 = radius.double() ** 2 / passes
+    big = torch.sqrt(12.0 * sigma2 + 1.0)
+    ell = torch.floor((big - 1.0) / 2.0)
+    frac = (2 * ell + 1) * (ell * (ell + 1) - 3 * sigma2) / (6 * (sigma2 - (ell + 1) ** 2))
+    reach = int(ell.max().item()) + 1 if len(radius) else 1
+    d = torch.arange(-reach, reach + 1, dtype=torch.float64)[None]
+    w = torch.where(d.abs() <= ell[:, None], 1.0, torch.where(d.abs() == ell[:, None] + 1, frac[:, None], 0.0))
+    w = w / (2 * (ell + frac) + 1)[:, None]
+    i = torch.arange(size)[:, None]
+    cols = (i + d.long()).clamp(0, size - 1)                                  # edge replication
+    box = torch.zeros(len(radius), size, size, dtype=torch.float64)
+    box.scatter_add_(2, cols.expand(len(radius), -1, -1), w[:, None, :].expand(-1, size, -1))
+    out = box
+    for _ in range(passes - 1):
+        out = box @ out
+    return out.float()
+
+
+def gray(x: Tensor) -> Tensor:
+    """(n, 1, H, W) luminance of (n, 3, H, W)."""
+    return torch.matmul(x.new_tensor(LUMA)[None], x.flatten(2)).view(x.shape[0], 1, *x.shape[2:])
+
+
+def shift_hue(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotate the hue of (n, 3, H, W) RGB by ``shift`` (n,) turns in [-0.5, 0.5] (torchvision's
+    adjust_hue: RGB -> HSV, H + shift mod 1, HSV -> RGB)."""
+    r, g, b = x.unbind(1)
+    maxc, minc = x.amax(1), x.amin(1)
+    delta = maxc - minc
+    dc = delta.clamp(min=1e-12)
+    h6 = torch.where(maxc == r, (g - b) / dc, torch.where(maxc == g, 2.0 + (b - r) / dc, 4.0 + (r - g) / dc))
+    h6 = h6 + 6.0 * shift[:, None, None]           # in [-4, 9): hue in sixths, plus the shift
+    h6 = torch.where(h6 < 0, h6 + 6.0, torch.where(h6 >= 6.0, h6 - 6.0, h6))
+    # HSV -> RGB: channel c = V - V S clamp(min(k, 4 - k), 0, 1), k = (n_c + 6 H) mod 6, n = 5, 3, 1
+    k = h6[:, None] + _HUE_OFFSETS
+    k = torch.where(k >= 6.0, k - 6.0, k)
+    return maxc[:, None] - delta[:, None] * torch.minimum(k, 4.0 - k).clamp_(0, 1)
+
+
+_HUE_OFFSETS = torch.tensor([5.0, 3.0, 1.0])[None, :, None, None]
+
+
+def color_jitter(x: Tensor, jitters: Sequence[tuple[tuple[int, float], ...]]) -> Tensor:
+    """ColorJitter with each image's ops in its own order (multicrop.JITTER_OPS: brightness,
+    contrast, saturation, hue), slot by slot. Brightness, contrast and saturation are ImageEnhance's
+    blends lerp(D, x, f), D black, the rounded mean grey level or the grey image: one lerp per slot
+    for every image (f = 1 where the slot holds another op); hue on the images that have it there."""
+    slots = max((len(j) for j in jitters), default=0)
+    ops = torch.tensor([[j[i][0] if len(j) > i else -1 for i in range(slots)] for j in jitters]).reshape(-1, slots)
+    fs = torch.tensor([[j[i][1] if len(j) > i else 1.0 for i in range(slots)] for j in jitters]).reshape(-1, slots)
+    for slot in range(slots):
+        op, f = ops[:, slot], fs[:, slot]
+        is_blend = (op >= 0) & (op <= 2)
+        if is_blend.any():
+            degenerate = x.new_zeros(len(op), 1, 1, 1)
+            con, sat = (op == 1).to(x.dtype)[:, None, None, None], (op == 2).to(x.dtype)[:, None, None, None]
+            if bool(con.any() or sat.any()):
+                g = gray(x)
+                degenerate = con * (torch.round(g.mean((2, 3), keepdim=True) * 255) / 255) + sat * g
+            x = torch.lerp(degenerate, x, torch.where(is_blend, f, 1.0)[:, None, None, None]).clamp_(0, 1)
+        hue = (op == 3).nonzero().flatten()
+        if len(hue):
+            x[hue] = shift_hue(x[hue], f[hue]).clamp_(0, 1)
+    return x
+
+
+def augment_view(images: Tensor, draws: Sequence, size: int, mean: Tensor, std: Tensor) -> Tensor:
+    """Views of one size: (n, 3, H, W) in [0, 1] and n multicrop.ViewDraw -> (n, 3, size, size)."""
+    h, w = images.shape[-2:]
+    rows, cols = crop_matrices([d.box for d in draws], [d.flip for d in draws], h, w, size)
+    x = (rows[:, None] @ images @ cols[:, None].transpose(-1, -2)).clamp(0, 1)
+    if any(d.jitter for d in draws):
+        x = color_jitter(x, [d.jitter for d in draws])
+    g = torch.tensor([d.gray for d in draws])
+    if g.any():
+        x = torch.where(g[:, None, None, None], gray(x).expand(-1, 3, -1, -1), x)
+    blurred = [i for i, d in enumerate(draws) if d.blur is not None]
+    if blurred:
+        ix = torch.tensor(blurred)
+        m = box_blur_matrix(torch.tensor([draws[i].blur for i in blurred]), size)[:, None]
+        x[ix] = (m @ x[ix] @ m.transpose(-1, -2)).clamp(0, 1)
+    s = torch.tensor([d.solarize for d in draws])
+    if s.any():
+        x = torch.where(s[:, None, None, None] & (x >= 128 / 255), 1 - x, x)
+    return (x - mean[None, :, None, None]) / std[None, :, None, None]
+
