@@ -129,7 +129,8 @@ def color_jitter(x: Tensor, jitters: Sequence[tuple[tuple[int, float], ...]]) ->
             x = torch.lerp(degenerate, x, torch.where(is_blend, f, 1.0)[:, None, None, None]).clamp_(0, 1)
         hue = (op == 3).nonzero().flatten()
         if len(hue):
-            x[hue] = shift_hue(x[hue], f[hue]).clamp_(0, 1)
+            # torchvision on PIL shifts the uint8 hue channel by int(factor * 255): truncated
+            x[hue] = shift_hue(x[hue], torch.trunc(f[hue] * 255) / 255).clamp_(0, 1)
     return x
 
 
@@ -137,7 +138,8 @@ def augment_view(images: Tensor, draws: Sequence, size: int, mean: Tensor, std: 
     """Views of one size: (n, 3, H, W) in [0, 1] and n multicrop.ViewDraw -> (n, 3, size, size)."""
     h, w = images.shape[-2:]
     rows, cols = crop_matrices([d.box for d in draws], [d.flip for d in draws], h, w, size)
-    x = (rows[:, None] @ images @ cols[:, None].transpose(-1, -2)).clamp(0, 1)
+    x = (images @ cols[:, None].transpose(-1, -2)).clamp_(0, 1)        # PIL: horizontal pass first,
+    x = (rows[:, None] @ x).clamp_(0, 1)                                  # clipped, then vertical
     if any(d.jitter for d in draws):
         x = color_jitter(x, [d.jitter for d in draws])
     g = torch.tensor([d.gray for d in draws])

@@ -120,7 +120,8 @@ class MultiCropAugmentation:
         fill = [float(v) for v in border.mean(axis=0).round()]
         return TF.rotate(img, angle, BILINEAR, fill=fill)
 
-    def _crop(self, img: Image.Image, size: int, d: ViewDraw) -> Tensor:
+    def apply(self, img: Image.Image, size: int, d: ViewDraw) -> Tensor:
+        """One view of an RGB image with the given draws."""
         if self.cfg.rotation > 0:
             img = self._rotate(img, d.angle)
         img = TF.resized_crop(img, *d.box, [size, size], BICUBIC)
@@ -139,7 +140,7 @@ class MultiCropAugmentation:
     def __call__(self, img: Image.Image, rng: random.Random) -> list[Tensor]:
         img = img.convert("RGB")
         draws = draw_views(rng, self.cfg, img.width, img.height)
-        return [self._crop(img, s, d) for s, d in zip(view_sizes(self.cfg), draws)]
+        return [self.apply(img, s, d) for s, d in zip(view_sizes(self.cfg), draws)]
 
 
 class MultiCropDataset(Dataset):
