@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import functools
-
 import torch
 from torch import Tensor
 
@@ -50,19 +48,30 @@ def resize_matrix(start: Tensor, length: Tensor, size_in: int, size_out: int) ->
     return (w / w.sum(-1, keepdim=True)).float()
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _resize_rows(start: int, length: int, size_in: int, size_out: int) -> Tensor:
-    return resize_matrix(torch.tensor([start]), torch.tensor([length]), size_in, size_out)[0]
+_ROWS: dict[tuple[int, int, int, int], Tensor] = {}   # (start, length, size_in, size_out) -> (size_out, size_in)
+
+
+def _resize_rows(keys: Sequence[tuple[int, int, int, int]]) -> list[Tensor]:
+    """Cached resize_matrix rows; the missing ones computed in one call. A dataset of one image size
+    has a few hundred distinct (start, length) pairs per view size."""
+    missing = sorted({k for k in keys if k not in _ROWS})
+    for size_in, size_out in sorted({(k[2], k[3]) for k in missing}):
+        group = [k for k in missing if (k[2], k[3]) == (size_in, size_out)]
+        mats = resize_matrix(torch.tensor([k[0] for k in group]), torch.tensor([k[1] for k in group]),
+                             size_in, size_out)
+        if len(_ROWS) + len(group) > 1 << 16:
+            _ROWS.clear()
+        _ROWS.update(zip(group, mats))
+    return [_ROWS[k] for k in keys]
 
 
 def crop_matrices(boxes: Sequence[tuple[int, int, int, int]], flips: Sequence[bool], h: int, w: int,
                   size: int) -> tuple[Tensor, Tensor]:
     """Row (n, size, h) and column (n, size, w) matrices of integer crop boxes (top, left, height,
-    width), cached per (start, length): a dataset of one image size has few distinct ones."""
-    rows = torch.stack([_resize_rows(t, ch, h, size) for t, _, ch, _ in boxes])
-    cols = torch.stack([_resize_rows(left, cw, w, size).flip(0) if fl else _resize_rows(left, cw, w, size)
-                        for (_, left, _, cw), fl in zip(boxes, flips)])
-    return rows, cols
+    width); a flip reverses the column matrix's output order."""
+    rows = torch.stack(_resize_rows([(t, ch, h, size) for t, _, ch, _ in boxes]))
+    cols = torch.stack(_resize_rows([(left, cw, w, size) for _, left, _, cw in boxes]))
+    return rows, torch.where(torch.tensor(flips, dtype=torch.bool)[:, None, None], cols.flip(1), cols)
 
 
 def box_blur_matrix(radius: Tensor, size: int, passes: int = 3) -> Tensor:

@@ -29,11 +29,14 @@ from __future__ import annotations
 
 from .configs import CONFIGS, REPO, build_config
 from .step import bench_step, make_run, random_crops
-from .train_steps import bench_train_steps
+from .train_steps import bench_data_step, bench_train_steps
+from .flops import count_flops, matmul_peak
 from .official_step import OfficialStep, bench_official, bench_paired
 from .knn import bench_knn
 from .data import bench_data
-from .cli import main, measure, table
+from .cli import main, measure
+from .table import table
 
-__all__ = ["CONFIGS", "OfficialStep", "REPO", "bench_data", "bench_knn", "bench_official", "bench_paired",
-           "bench_step", "bench_train_steps", "build_config", "main", "make_run", "measure", "random_crops", "table"]
+__all__ = ["CONFIGS", "OfficialStep", "REPO", "bench_data", "bench_data_step", "bench_knn", "bench_official",
+           "bench_paired", "bench_step", "bench_train_steps", "build_config", "count_flops", "main", "make_run",
+           "matmul_peak", "measure", "random_crops", "table"]
