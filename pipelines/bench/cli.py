@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma list of model.attn_impl to time: params (params.yaml's), auto, explicit, sdpa")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--no-official", action="store_true", help="skip the official-style step")
+    p.add_argument("--peak-n", type=int, default=2048, help="side of the square matmul whose best rate is the peak")
     p.add_argument("--paired", type=int, default=0, metavar="N",
                    help="also alternate N timed steps of ours (the first of --precisions, params' attention) "
                    "and official-style in one process (each after an untimed re-warm step)")
@@ -95,16 +96,17 @@ def _time_config(a: argparse.Namespace, name: str, result: dict, iso: dict) -> N
         for attn in [x for x in a.attn.split(",") if x]:
             cfg = build_config(name, prec, a.device, attn_impl=None if attn == "params" else attn)
             variant = "ours" if attn == "params" else f"ours attn={attn}"
-            _record(result, name, variant, lambda: measure("bench_step", cfg, a.warmup, a.steps, **iso), cfg)
+            _record(result, name, variant,
+                    lambda: measure("bench_step", cfg, a.warmup, a.steps, peak_n=a.peak_n, **iso), cfg)
         cfg = build_config(name, prec, a.device)
         if a.compile:
             _record(result, name, "ours+compile",
-                    lambda: measure("bench_step", cfg, a.warmup, a.steps, compile=True, **iso), cfg)
+                    lambda: measure("bench_step", cfg, a.warmup, a.steps, compile=True, peak_n=a.peak_n, **iso), cfg)
     if a.no_official:
         return
     cfg = build_config(name, "fp32", a.device)
     off = _record(result, name, "official-style",
-                  lambda: measure("bench_official", cfg, a.warmup, a.steps, **iso), cfg)
+                  lambda: measure("bench_official", cfg, a.warmup, a.steps, peak_n=a.peak_n, **iso), cfg)
     if a.paired:
         la0 = loadavg()
         log.info("timing %s ours vs official-style, alternating steps ...", name)

@@ -110,7 +110,7 @@ class OfficialStep:
         return loss.item()
 
 
-def bench_official(cfg: Config, warmup: int, steps: int) -> dict:
+def bench_official(cfg: Config, warmup: int, steps: int, peak_n: int = 2048) -> dict:
     run = make_run(cfg)
     off = OfficialStep(run)
     del run
@@ -122,7 +122,7 @@ def bench_official(cfg: Config, warmup: int, steps: int) -> dict:
         out = time_calls(lambda: losses.append(off.step(crops, it, epoch)), warmup, steps, off.device)
     out.update(precision=off.precision, compile=False, peak_mem_mb=mem.peak_mb, process_mem_mb=mem.total_mb,
                mem_method=mem.method, losses=[round(x, 5) for x in losses], **counted)
-    out.update(distance_to_peak(out, matmul_peak(off.precision, off.device)))
+    out.update(distance_to_peak(out, matmul_peak(off.precision, off.device, peak_n)))
     return out
 
 

@@ -45,8 +45,8 @@ def timed_epoch(cfg: Config) -> tuple[int, int]:
     return epoch, epoch   # setup's loader has 1 step per epoch
 
 
-def bench_step(cfg: Config, warmup: int, steps: int, compile: bool = False) -> dict:
-    """Our training step (train.train_step) on random crops."""
+def bench_step(cfg: Config, warmup: int, steps: int, compile: bool = False, peak_n: int = 2048) -> dict:
+    """Our training step (train.train_step) on random crops: time, FLOPs, share of the matmul peak."""
     run = make_run(cfg)
     crops = random_crops(cfg, run.device)
     it, epoch = timed_epoch(cfg)
@@ -70,5 +70,5 @@ def bench_step(cfg: Config, warmup: int, steps: int, compile: bool = False) -> d
         out["compile_s"] = max(0.0, out.pop("compile_first_step_s") - out["s_per_step"])
     out.update(peak_mem_mb=mem.peak_mb, process_mem_mb=mem.total_mb, mem_method=mem.method,
                losses=[round(x, 5) for x in losses])
-    out.update(distance_to_peak(out, matmul_peak(run.precision, run.device)))
+    out.update(distance_to_peak(out, matmul_peak(run.precision, run.device, peak_n)))
     return out
