@@ -157,6 +157,20 @@ def test_tensor_views_depend_on_seed_epoch_and_index_only(one_thread):
     assert not torch.equal(ten[5][0][0], whole[5][0][0])
 
 
+def test_training_with_the_tensor_backend_resumes_bit_exactly(tmp_path, one_thread):
+    """train() with crops.backend: tensor (DataLoader -> __getitems__): 2 epochs straight equal
+    epoch 0, a stop, and a resumed epoch 1, to the bit."""
+    from dino_core.train import train
+    cfg = tiny_config(crops={"backend": "tensor"}, train={"epochs": 2})
+    data = _Images(16)
+    assert train(cfg, tmp_path / "straight", data, MEAN, STD)["status"] == "ok"
+    assert train(cfg, tmp_path / "split", data, MEAN, STD, on_epoch_end=lambda e, s, r: e != 0)["status"] == "stopped"
+    assert train(cfg, tmp_path / "split", data, MEAN, STD)["final_epoch"] == 1
+    a, b = (torch.load(tmp_path / d / "checkpoint.pth", map_location="cpu", weights_only=False)["student"]
+            for d in ("straight", "split"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_tensor_backend_refuses_rotation():
     with pytest.raises(ValueError, match="rotation"):
         _datasets(4, 0, 0, rotation=30.0)
