@@ -102,14 +102,13 @@ def gray(x: Tensor) -> Tensor:
 def shift_hue(x: Tensor, shift: Tensor) -> Tensor:
     """Rotate the hue of (n, 3, H, W) RGB by ``shift`` (n,) turns in [-0.5, 0.5] (torchvision's
     adjust_hue: RGB -> HSV, H + shift mod 1, HSV -> RGB)."""
-    r, g, b = x.unbind(1)
-    maxc, minc = x.amax(1), x.amin(1)
-    delta = maxc - minc
-    dc = delta.clamp(min=1e-12)
-    h6 = torch.where(maxc == r, (g - b) / dc, torch.where(maxc == g, 2.0 + (b - r) / dc, 4.0 + (r - g) / dc))
-    h6 = h6 + 6.0 * shift[:, None, None]           # in [-4, 9): hue in sixths, plus the shift
-    h6 = torch.where(h6 < 0, h6 + 6.0, torch.where(h6 >= 6.0, h6 - 6.0, h6))
-    # HSV -> RGB: channel c = V - V S clamp(min(k, 4 - k), 0, 1), k = (n_c + 6 H) mod 6, n = 5, 3, 1
+    maxc, arg = x.max(1)                            # the first maximal channel, as torchvision
+    delta = maxc - x.amin(1)
+    diffs = x[:, [1, 2, 0]] - x[:, [2, 0, 1]]       # g - b, b - r, r - g
+    h6 = diffs.gather(1, arg[:, None]).squeeze(1) / delta.clamp(min=1e-12) + 2.0 * arg
+    h6 = h6 + 6.0 * shift[:, None, None]            # hue in sixths of a turn, plus the shift
+    h6 = h6 - 6.0 * torch.floor(h6 * (1 / 6))       # mod 6 (torch.remainder is 3x slower here)
+    # HSV -> RGB: channel c = V - (V - min) clamp(min(k, 4 - k), 0, 1), k = (n_c + 6 H) mod 6, n = 5, 3, 1
     k = h6[:, None] + _HUE_OFFSETS
     k = torch.where(k >= 6.0, k - 6.0, k)
     return maxc[:, None] - delta[:, None] * torch.minimum(k, 4.0 - k).clamp_(0, 1)
@@ -124,43 +123,49 @@ def color_jitter(x: Tensor, jitters: Sequence[tuple[tuple[int, float], ...]]) ->
     blends lerp(D, x, f), D black, the rounded mean grey level or the grey image: one lerp per slot
     for every image (f = 1 where the slot holds another op); hue on the images that have it there."""
     slots = max((len(j) for j in jitters), default=0)
-    ops = torch.tensor([[j[i][0] if len(j) > i else -1 for i in range(slots)] for j in jitters]).reshape(-1, slots)
-    fs = torch.tensor([[j[i][1] if len(j) > i else 1.0 for i in range(slots)] for j in jitters]).reshape(-1, slots)
+    table = [[j[i] if len(j) > i else (-1, 1.0) for i in range(slots)] for j in jitters]
+    ops = torch.tensor([[op for op, _ in row] for row in table]).reshape(-1, slots)
+    fs = torch.tensor([[f for _, f in row] for row in table]).reshape(-1, slots)
+    blend_f = torch.where((ops >= 0) & (ops <= 2), fs, 1.0)[:, :, None, None, None]
+    con, sat = (ops == 1).to(x.dtype)[:, :, None, None, None], (ops == 2).to(x.dtype)[:, :, None, None, None]
+    hue_shift = torch.trunc(fs * 255) / 255   # torchvision on PIL shifts the uint8 hue by int(f * 255)
     for slot in range(slots):
-        op, f = ops[:, slot], fs[:, slot]
-        is_blend = (op >= 0) & (op <= 2)
-        if is_blend.any():
-            degenerate = x.new_zeros(len(op), 1, 1, 1)
-            con, sat = (op == 1).to(x.dtype)[:, None, None, None], (op == 2).to(x.dtype)[:, None, None, None]
-            if bool(con.any() or sat.any()):
+        present = {row[slot][0] for row in table}
+        if present & {0, 1, 2}:
+            degenerate = x.new_zeros(1)
+            if present & {1, 2}:
                 g = gray(x)
-                degenerate = con * (torch.round(g.mean((2, 3), keepdim=True) * 255) / 255) + sat * g
-            x = torch.lerp(degenerate, x, torch.where(is_blend, f, 1.0)[:, None, None, None]).clamp_(0, 1)
-        hue = (op == 3).nonzero().flatten()
-        if len(hue):
-            # torchvision on PIL shifts the uint8 hue channel by int(factor * 255): truncated
-            x[hue] = shift_hue(x[hue], torch.trunc(f[hue] * 255) / 255).clamp_(0, 1)
+                degenerate = con[:, slot] * (torch.round(g.mean((2, 3), keepdim=True) * 255) / 255) + sat[:, slot] * g
+            x = torch.lerp(degenerate, x, blend_f[:, slot]).clamp_(0, 1)
+        if 3 in present:
+            hue = (ops[:, slot] == 3).nonzero().flatten()
+            x[hue] = shift_hue(x[hue], hue_shift[hue, slot]).clamp_(0, 1)
     return x
 
 
 def augment_view(images: Tensor, draws: Sequence, size: int, mean: Tensor, std: Tensor) -> Tensor:
-    """Views of one size: (n, 3, H, W) in [0, 1] and n multicrop.ViewDraw -> (n, 3, size, size)."""
+    """Views of one size: (n, 3, H, W) uint8, or float in [0, 1], and n multicrop.ViewDraw ->
+    (n, 3, size, size) normalised."""
     h, w = images.shape[-2:]
     rows, cols = crop_matrices([d.box for d in draws], [d.flip for d in draws], h, w, size)
+    if images.dtype == torch.uint8:
+        images, cols = images.float(), cols * (1 / 255)
     x = (images @ cols[:, None].transpose(-1, -2)).clamp_(0, 1)        # PIL: horizontal pass first,
     x = (rows[:, None] @ x).clamp_(0, 1)                                  # clipped, then vertical
     if any(d.jitter for d in draws):
         x = color_jitter(x, [d.jitter for d in draws])
-    g = torch.tensor([d.gray for d in draws])
-    if g.any():
-        x = torch.where(g[:, None, None, None], gray(x).expand(-1, 3, -1, -1), x)
+    grey = [i for i, d in enumerate(draws) if d.gray]
+    if grey:
+        ix = torch.tensor(grey)
+        x[ix] = gray(x[ix]).expand(-1, 3, -1, -1)
     blurred = [i for i, d in enumerate(draws) if d.blur is not None]
     if blurred:
         ix = torch.tensor(blurred)
         m = box_blur_matrix(torch.tensor([draws[i].blur for i in blurred]), size)[:, None]
-        x[ix] = (m @ x[ix] @ m.transpose(-1, -2)).clamp(0, 1)
-    s = torch.tensor([d.solarize for d in draws])
-    if s.any():
-        x = torch.where(s[:, None, None, None] & (x >= 128 / 255), 1 - x, x)
-    return (x - mean[None, :, None, None]) / std[None, :, None, None]
-
+        x[ix] = (m @ x[ix] @ m.transpose(-1, -2)).clamp_(0, 1)
+    solarized = [i for i, d in enumerate(draws) if d.solarize]
+    if solarized:
+        ix = torch.tensor(solarized)
+        xs = x[ix]
+        x[ix] = torch.where(xs >= 128 / 255, 1 - xs, xs)
+    return torch.addcmul((-mean / std)[None, :, None, None], x, (1 / std)[None, :, None, None])

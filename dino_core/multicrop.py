@@ -176,16 +176,15 @@ class MultiCropDataset(Dataset):
         cfg, sizes = self.augment.cfg, view_sizes(self.augment.cfg)
         mean, std = torch.tensor(self.augment.mean), torch.tensor(self.augment.std)
         items = [self.base[i][:2] for i in indices]
-        pixels = [torch.from_numpy(np.array(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8))
-                  .permute(2, 0, 1) for img, _ in items]
-        draws = [draw_views(self.rng(i), cfg, p.shape[2], p.shape[1]) for i, p in zip(indices, pixels)]
+        pixels = [np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8) for img, _ in items]
+        draws = [draw_views(self.rng(i), cfg, p.shape[1], p.shape[0]) for i, p in zip(indices, pixels)]
         groups: dict[tuple, list[tuple[int, int]]] = {}   # one batch per image size and view size
         for j, p in enumerate(pixels):
             for v, size in enumerate(sizes):
-                groups.setdefault((tuple(p.shape), size), []).append((j, v))
+                groups.setdefault((p.shape, size), []).append((j, v))
         crops: list[list[Tensor]] = [[torch.empty(0)] * len(sizes) for _ in indices]
         for (_, size), members in groups.items():
-            images = torch.stack([pixels[j] for j, _ in members]).float() / 255
+            images = torch.from_numpy(np.stack([pixels[j] for j, _ in members])).permute(0, 3, 1, 2)
             out = augment_view(images, [draws[j][v] for j, v in members], size, mean, std)
             for (j, v), view in zip(members, out):
                 crops[j][v] = view
