@@ -10,7 +10,7 @@ Every random draw comes from a per-sample generator seeded by (seed, epoch, inde
 views of a sample do not depend on worker count, process count or resume point, which makes
 DDP runs equal single-process runs and resumed runs equal uninterrupted ones. ``crops.backend``
 picks who applies the draws: PIL per image (``pil``, as the official code) or tensor ops on the whole
-batch (``tensor``, augmentation.py; same draws, same per-sample property, ~5x less data time).
+batch (``tensor``, augmentation.py; same draws, same per-sample property, half the data time).
 """
 from __future__ import annotations
 

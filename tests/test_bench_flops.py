@@ -17,7 +17,8 @@ from helpers import tiny_config
 from pipelines.bench import bench_data_step, count_flops, main, make_run, random_crops, table
 from pipelines.bench.flops import matmul_peak
 
-PEAK_FIELDS = ("flops", "gflop_per_step", "gflop_per_s", "peak_gflop_per_s", "pct_of_peak")
+PEAK_FIELDS = ("flops", "gflop_per_step", "gflop_per_s", "peak_gflop_per_s", "pct_of_peak", "gflop_per_cpu_s",
+               "pct_of_peak_cpu")
 
 
 def test_linear_layer_forward_and_backward_is_three_matmuls(one_thread):

@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="shapes root (default: params data.root, then data/shapes)")
     p.add_argument("--data-steps", type=int, default=20,
                    help="alternated steps per crops.backend of the data-path share (cell config, real data)")
+    p.add_argument("--data-warmup", type=int, default=10,
+                   help="untimed steps of the data-path share first (the tensor backend's resize matrices are "
+                   "cached per crop box: a cell builds them in its first batches)")
     p.add_argument("--data-threads", type=int, default=1, help="threads of the data-path share (a cell's one core)")
     p.add_argument("--no-isolate", action="store_true",
                    help="measure in this process (default: one fresh process per measurement)")
@@ -129,7 +132,7 @@ def _data_step(a: argparse.Namespace) -> list[dict]:
     la0 = loadavg()
     log.info("timing the data path of the cell config per crops.backend ...")
     try:
-        rows = measure("bench_data_step", build_config("cell", "auto", a.device), a.warmup, a.data_steps,
+        rows = measure("bench_data_step", build_config("cell", "auto", a.device), a.data_warmup, a.data_steps,
                        isolate=not a.no_isolate, threads=a.data_threads)
     except Exception as exc:   # e.g. the cell's dataset is not on this machine
         log.exception("data step failed")

@@ -72,8 +72,10 @@ def matmul_peak(precision: str, device: torch.device, n: int = 2048, reps: int =
 
 
 def distance_to_peak(row: dict, peak: dict) -> dict:
-    """The step's achieved GFLOP/s (FLOPs / median step time) and its share of the matmul peak."""
-    achieved = row["flops"] / row["s_per_step"] / 1e9
+    """The step's achieved GFLOP/s (FLOPs / median step time) and its share of the matmul peak; the
+    same per second of process CPU time (``*_cpu``: on a shared machine, the time the cores were the
+    step's; with one thread it compares with a single-threaded peak)."""
+    achieved, per_cpu = row["flops"] / row["s_per_step"] / 1e9, row["flops"] / row["cpu_s_per_step"] / 1e9
     return {"gflop_per_step": row["flops"] / 1e9, "gflop_per_s": achieved,
             "peak_gflop_per_s": peak["gflop_per_s"], "pct_of_peak": 100 * achieved / peak["gflop_per_s"],
-            "peak": peak}
+            "gflop_per_cpu_s": per_cpu, "pct_of_peak_cpu": 100 * per_cpu / peak["gflop_per_s"], "peak": peak}

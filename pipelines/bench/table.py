@@ -13,7 +13,8 @@ def table(result: dict) -> str:
              f"{result['env']['torch_threads']} threads), torch {result['env']['torch']}, "
              f"git {result['env']['git_sha']}",
              f"{'config':<9} {'variant':<20} {'prec':<5} {'s/step':>8} {'cpu s':>8} {'img/s':>8} {'peak MB':>9} "
-             f"{'compile s':>9} {'GFLOP':>8} {'GFLOP/s':>8} {'peak':>7} {'%peak':>6}  loadavg(1/5/15 start->end)"]
+             f"{'compile s':>9} {'GFLOP':>8} {'GFLOP/s':>8} {'peak':>7} {'%peak':>6} {'%cpu':>5}"
+             "  loadavg(1/5/15 start->end)"]
     for r in result["train_step"]:
         if "error" in r:
             lines.append(f"{r['config']:<9} {r['variant']:<20} {r.get('precision', '?'):<5} error: {r['error']}")
@@ -23,6 +24,7 @@ def table(result: dict) -> str:
                      f"{r['img_per_s']:>8.1f} {_fmt(r['peak_mem_mb'], '9.0f')} {_fmt(r.get('compile_s'), '>9.1f')}"
                      f" {_fmt(r.get('gflop_per_step'), '8.1f')} {_fmt(r.get('gflop_per_s'), '8.1f')}"
                      f" {_fmt(r.get('peak_gflop_per_s'), '7.0f')} {_fmt(r.get('pct_of_peak'), '6.1f')}"
+                     f" {_fmt(r.get('pct_of_peak_cpu'), '5.1f')}"
                      f"  {r['loadavg'][0]} -> {r['loadavg'][1]}")
     for r in result.get("speedup", []):
         lines.append(f"speed-up {r['config']} {r['ours']} vs {r['official']}: x{r['ratio']:.2f} wall "
