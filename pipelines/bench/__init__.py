@@ -23,8 +23,8 @@ forward + backward, teacher forward, loss), achieved GFLOP/s = FLOPs / median st
 percentage of the best 2048 x 2048 matmul rate at the step's precision, timed in the same process
 right after the step (``--peak-n``). Config ``cell`` is params.yaml as it stands: a learning-budget
 cell. The data step (``data_step`` in the JSON, skipped by ``--no-data``): the cell's real loader and
-step, one process per run with both ``crops.backend`` values alternated, the data path's share of
-data + step in wall and process-CPU time (``--data-steps``, ``--data-threads``).
+step for each ``crops.backend``, alternated step by step in one process, and the data path's share
+of data + step in wall and process-CPU time (``--data-warmup``, ``--data-steps``, ``--data-threads``).
 
 Peak memory: CUDA ``max_memory_allocated`` above the allocation before the timed code; CPU the
 process peak RSS (VmHWM, reset through /proc/self/clear_refs) minus the RSS before it.
