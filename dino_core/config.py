@@ -91,6 +91,7 @@ class CropsConfig:
     blur_radius: tuple[float, float] = spec(0, 100)
     solarize_prob: float = spec(0, 1)      # global 2 only
     rotation: float = spec(0, 180)         # degrees, per view; 0 = the paper (no rotation)
+    backend: str = spec(choices=("pil", "tensor"))   # pil: per image (multicrop.py); tensor: per batch
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,9 @@ class EvalConfig:
 # config (a run folder's config.yaml) may lack them: `Config.from_stored` reads it as that value,
 # and the run store's cell hash (pipelines/store.py) leaves such a key out while it holds that
 # value, so cells trained before the key existed keep their identity. params.yaml must give them.
-LATER_KEYS: dict[tuple[str, str], Any] = {("crops", "rotation"): 0, ("data", "num_test"): 0,
-                                          ("data", "test_skip"): 0, ("train", "objective"): "dino"}
+LATER_KEYS: dict[tuple[str, str], Any] = {("crops", "rotation"): 0, ("crops", "backend"): "pil",
+                                          ("data", "num_test"): 0, ("data", "test_skip"): 0,
+                                          ("train", "objective"): "dino"}
 
 
 @dataclass(frozen=True)

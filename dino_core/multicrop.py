@@ -8,19 +8,24 @@ degrees, per view: the invariance a dataset whose class ignores orientation asks
 
 Every random draw comes from a per-sample generator seeded by (seed, epoch, index): the
 views of a sample do not depend on worker count, process count or resume point, which makes
-DDP runs equal single-process runs and resumed runs equal uninterrupted ones.
+DDP runs equal single-process runs and resumed runs equal uninterrupted ones. ``crops.backend``
+picks who applies the draws: PIL per image (``pil``, as the official code) or tensor ops on the whole
+batch (``tensor``, augmentation.py; same draws, same per-sample property, half the data time).
 """
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .augmentation import augment_view
 from .config import CropsConfig
 
 BICUBIC = TF.InterpolationMode.BICUBIC
@@ -48,64 +53,107 @@ def random_resized_crop_box(rng: random.Random, w: int, h: int, scale: tuple[flo
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
+@dataclass(frozen=True)
+class ViewDraw:
+    """The random draws of one view, in the order they are drawn: rotation angle (0 = none), crop
+    box (top, left, height, width), flip, colour-jitter ops in application order ((op, factor), op an
+    index into JITTER_OPS; empty = no jitter), grayscale, blur radius (None = no blur), solarize."""
+    angle: float
+    box: tuple[int, int, int, int]
+    flip: bool
+    jitter: tuple[tuple[int, float], ...]
+    gray: bool
+    blur: float | None
+    solarize: bool
+
+
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+
+
+def draw_jitter(rng: random.Random, strength: tuple[float, float, float, float]) -> tuple[tuple[int, float], ...]:
+    """torchvision's ColorJitter: the four ops in random order, each factor uniform in its range."""
+    b, c, s, hue = strength
+    ranges = [(max(0, 1 - b), 1 + b), (max(0, 1 - c), 1 + c), (max(0, 1 - s), 1 + s), (-hue, hue)]
+    order = list(range(4))
+    rng.shuffle(order)
+    return tuple((k, rng.uniform(*ranges[k])) for k in order if ranges[k][1] > ranges[k][0])
+
+
+def draw_view(rng: random.Random, cfg: CropsConfig, w: int, h: int, scale: tuple[float, float],
+              blur_p: float, solarize_p: float) -> ViewDraw:
+    angle = rng.uniform(-cfg.rotation, cfg.rotation) if cfg.rotation > 0 else 0.0
+    box = random_resized_crop_box(rng, w, h, scale)
+    flip = rng.random() < cfg.flip_prob
+    jitter = draw_jitter(rng, cfg.jitter) if rng.random() < cfg.jitter_prob else ()
+    gray = rng.random() < cfg.grayscale_prob
+    blur = rng.uniform(*cfg.blur_radius) if blur_p > 0 and rng.random() <= blur_p else None
+    return ViewDraw(angle, box, flip, jitter, gray, blur, solarize_p > 0 and rng.random() < solarize_p)
+
+
+def draw_views(rng: random.Random, cfg: CropsConfig, w: int, h: int) -> list[ViewDraw]:
+    """All views of one image: global 1, global 2, then the local crops."""
+    views = [draw_view(rng, cfg, w, h, cfg.global_scale, cfg.blur_prob[0], 0.0),
+             draw_view(rng, cfg, w, h, cfg.global_scale, cfg.blur_prob[1], cfg.solarize_prob)]
+    return views + [draw_view(rng, cfg, w, h, cfg.local_scale, cfg.blur_prob[2], 0.0)
+                    for _ in range(cfg.local_number)]
+
+
+def view_sizes(cfg: CropsConfig) -> list[int]:
+    return [cfg.global_size] * 2 + [cfg.local_size] * cfg.local_number
+
+
+PIL_JITTER = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+
+
 class MultiCropAugmentation:
     """PIL image + rng -> list of (3, S, S) tensors: 2 global then `local_number` local."""
 
     def __init__(self, cfg: CropsConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.cfg, self.mean, self.std = cfg, list(mean), list(std)
 
-    def _jitter(self, rng: random.Random, img: Image.Image) -> Image.Image:
-        b, c, s, hue = self.cfg.jitter
-        ops = [(TF.adjust_brightness, (max(0, 1 - b), 1 + b)), (TF.adjust_contrast, (max(0, 1 - c), 1 + c)),
-               (TF.adjust_saturation, (max(0, 1 - s), 1 + s)), (TF.adjust_hue, (-hue, hue))]
-        rng.shuffle(ops)   # torchvision's ColorJitter applies the four ops in random order
-        for fn, (lo, hi) in ops:
-            if hi > lo:
-                img = fn(img, rng.uniform(lo, hi))
-        return img
-
     @staticmethod
-    def _rotate(rng: random.Random, img: Image.Image, degrees: float) -> Image.Image:
+    def _rotate(img: Image.Image, angle: float) -> Image.Image:
         """Turn about the centre; the corners it uncovers take the mean colour of the image's
         1-px border (the background of a centred object) rather than black."""
         a = np.asarray(img, dtype=np.float32)
         border = np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
         fill = [float(v) for v in border.mean(axis=0).round()]
-        return TF.rotate(img, rng.uniform(-degrees, degrees), BILINEAR, fill=fill)
+        return TF.rotate(img, angle, BILINEAR, fill=fill)
 
-    def _crop(self, rng: random.Random, img: Image.Image, size: int, scale: tuple[float, float],
-              blur_p: float, solarize_p: float) -> Tensor:
-        cfg = self.cfg
-        if cfg.rotation > 0:
-            img = self._rotate(rng, img, cfg.rotation)
-        top, left, h, w = random_resized_crop_box(rng, img.width, img.height, scale)
-        img = TF.resized_crop(img, top, left, h, w, [size, size], BICUBIC)
-        if rng.random() < cfg.flip_prob:
+    def apply(self, img: Image.Image, size: int, d: ViewDraw) -> Tensor:
+        """One view of an RGB image with the given draws."""
+        if self.cfg.rotation > 0:
+            img = self._rotate(img, d.angle)
+        img = TF.resized_crop(img, *d.box, [size, size], BICUBIC)
+        if d.flip:
             img = TF.hflip(img)
-        if rng.random() < cfg.jitter_prob:
-            img = self._jitter(rng, img)
-        if rng.random() < cfg.grayscale_prob:
+        for k, factor in d.jitter:
+            img = PIL_JITTER[k](img, factor)
+        if d.gray:
             img = img.convert("L").convert("RGB")
-        if blur_p > 0 and rng.random() <= blur_p:
-            img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*cfg.blur_radius)))
-        if solarize_p > 0 and rng.random() < solarize_p:
+        if d.blur is not None:
+            img = img.filter(ImageFilter.GaussianBlur(radius=d.blur))
+        if d.solarize:
             img = ImageOps.solarize(img)
         return TF.normalize(TF.to_tensor(img), self.mean, self.std)
 
     def __call__(self, img: Image.Image, rng: random.Random) -> list[Tensor]:
-        cfg, img = self.cfg, img.convert("RGB")
-        crops = [self._crop(rng, img, cfg.global_size, cfg.global_scale, cfg.blur_prob[0], 0.0),
-                 self._crop(rng, img, cfg.global_size, cfg.global_scale, cfg.blur_prob[1], cfg.solarize_prob)]
-        crops += [self._crop(rng, img, cfg.local_size, cfg.local_scale, cfg.blur_prob[2], 0.0)
-                  for _ in range(cfg.local_number)]
-        return crops
+        img = img.convert("RGB")
+        draws = draw_views(rng, self.cfg, img.width, img.height)
+        return [self.apply(img, s, d) for s, d in zip(view_sizes(self.cfg), draws)]
 
 
 class MultiCropDataset(Dataset):
-    """Wraps a dataset of (PIL image, label) -> (list of crops, label)."""
+    """Wraps a dataset of (PIL image, label) -> (list of crops, label).
+
+    ``crops.backend: tensor`` draws the same views per image and applies them to the whole batch at
+    once (augmentation.py) in ``__getitems__``, which DataLoader calls with a batch's indices."""
 
     def __init__(self, base: Dataset, augment: MultiCropAugmentation, seed: int) -> None:
         self.base, self.augment, self.seed, self.epoch = base, augment, seed, 0
+        self.batched = augment.cfg.backend == "tensor"
+        if self.batched and augment.cfg.rotation > 0:
+            raise ValueError("crops.rotation > 0 needs crops.backend: pil (the tensor backend does not turn views)")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -113,10 +161,34 @@ class MultiCropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
+    def rng(self, idx: int) -> random.Random:
+        return random.Random(f"{self.seed}/{self.epoch}/{idx}")   # str seeds are hashed with sha512
+
     def __getitem__(self, idx: int) -> tuple[list[Tensor], int]:
+        if self.batched:
+            return self.__getitems__([idx])[0]
         img, label = self.base[idx][:2]
-        rng = random.Random(f"{self.seed}/{self.epoch}/{idx}")   # str seeds are hashed with sha512
-        return self.augment(img, rng), label
+        return self.augment(img, self.rng(idx)), label
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[list[Tensor], int]]:
+        if not self.batched:
+            return [self[i] for i in indices]
+        cfg, sizes = self.augment.cfg, view_sizes(self.augment.cfg)
+        mean, std = torch.tensor(self.augment.mean), torch.tensor(self.augment.std)
+        items = [self.base[i][:2] for i in indices]
+        pixels = [np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8) for img, _ in items]
+        draws = [draw_views(self.rng(i), cfg, p.shape[1], p.shape[0]) for i, p in zip(indices, pixels)]
+        groups: dict[tuple, list[tuple[int, int]]] = {}   # one batch per image size and view size
+        for j, p in enumerate(pixels):
+            for v, size in enumerate(sizes):
+                groups.setdefault((p.shape, size), []).append((j, v))
+        crops: list[list[Tensor]] = [[torch.empty(0)] * len(sizes) for _ in indices]
+        for (_, size), members in groups.items():
+            images = torch.from_numpy(np.stack([pixels[j] for j, _ in members])).permute(0, 3, 1, 2)
+            out = augment_view(images, [draws[j][v] for j, v in members], size, mean, std)
+            for (j, v), view in zip(members, out):
+                crops[j][v] = view
+        return [(c, label) for c, (_, label) in zip(crops, items)]
 
 
 def n_crops(cfg: CropsConfig) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -16,6 +15,7 @@ from dino_core.device import resolve_device
 from .configs import CONFIGS, REPO, build_config
 from .data import bench_data
 from .environment import environment, loadavg
+from .table import table
 
 log = logging.getLogger(__name__)
 
@@ -38,45 +38,6 @@ def measure(name: str, *args, isolate: bool = True, threads: int | None = None, 
         return ex.submit(_in_child, name, threads, *args, **kw).result()
 
 
-def _fmt(x, spec: str) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
-def table(result: dict) -> str:
-    lines = [f"device {result['env']['device']} ({result['env'].get('gpu') or result['env']['cpu_model']}, "
-             f"{result['env']['torch_threads']} threads), torch {result['env']['torch']}, "
-             f"git {result['env']['git_sha']}",
-             f"{'config':<9} {'variant':<20} {'prec':<5} {'s/step':>8} {'cpu s':>8} {'img/s':>8} {'peak MB':>9} "
-             f"{'compile s':>9}  loadavg(1/5/15 start->end)"]
-    for r in result["train_step"]:
-        if "error" in r:
-            lines.append(f"{r['config']:<9} {r['variant']:<20} {r.get('precision', '?'):<5} error: {r['error']}")
-            continue
-        lines.append(f"{r['config']:<9} {r['variant']:<20} {r['precision']:<5} {r['s_per_step']:>8.3f} "
-                     f"{r['cpu_s_per_step']:>8.3f} "
-                     f"{r['img_per_s']:>8.1f} {_fmt(r['peak_mem_mb'], '9.0f')} {_fmt(r.get('compile_s'), '>9.1f')}"
-                     f"  {r['loadavg'][0]} -> {r['loadavg'][1]}")
-    for r in result.get("speedup", []):
-        lines.append(f"speed-up {r['config']} {r['ours']} vs {r['official']}: x{r['ratio']:.2f} wall "
-                     f"(x{r['cpu_ratio']:.2f} process CPU time)")
-    for r in result.get("paired", []):
-        lines.append(f"paired {r['config']} ({len(r['ratios'])} alternating steps each): ours {r['precision']} "
-                     f"{r['ours_s_per_step']:.3f} s/step, official-style {r['official_precision']} "
-                     f"{r['official_s_per_step']:.3f} s/step, speed-up x{r['ratio_median']:.2f} (median of pair "
-                     f"ratios; geometric mean x{r['ratio_geomean']:.2f}, ratio of minima x{r['ratio_of_mins']:.2f}), "
-                     f"loadavg {r['loadavg'][0]} -> {r['loadavg'][1]}")
-    k = result.get("knn")
-    for r in k or []:
-        lines.append(f"k-NN {r['n_query']:,} x {r['n_train']:,} (dim {r['dim']}): {r['time_s']:.1f} s, "
-                     f"{r['queries_per_s']:.0f} queries/s, {r['gflops']:.0f} GFLOP/s, peak {r['peak_mem_mb']:.0f} MB "
-                     f"above inputs-loaded RSS (inputs {r['inputs_mb']:.0f} MB, bound {r['bound_mb']:.0f} MB), "
-                     f"loadavg {r['loadavg'][0]} -> {r['loadavg'][1]}")
-    for r in result.get("data_pipeline", []):
-        lines.append(f"data {r['workers']} workers: {r['img_per_s']:.0f} img/s ({r['crops_per_img']} crops/img, "
-                     f"batch {r['batch_size']}, {r['source']}), loadavg {r['loadavg'][0]} -> {r['loadavg'][1]}")
-    return "\n".join(lines)
-
-
 def _parser() -> argparse.ArgumentParser:
     from . import __doc__ as bench_doc
     p = argparse.ArgumentParser(prog="python -m pipelines.bench", description=bench_doc,
@@ -90,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma list of model.attn_impl to time: params (params.yaml's), auto, explicit, sdpa")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--no-official", action="store_true", help="skip the official-style step")
+    p.add_argument("--peak-n", type=int, default=2048, help="side of the square matmul whose best rate is the peak")
     p.add_argument("--paired", type=int, default=0, metavar="N",
                    help="also alternate N timed steps of ours (the first of --precisions, params' attention) "
                    "and official-style in one process (each after an untimed re-warm step)")
@@ -101,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-workers", default="0,1,2")
     p.add_argument("--data-batches", type=int, default=10)
     p.add_argument("--data-root", default=None, help="shapes root (default: params data.root, then data/shapes)")
+    p.add_argument("--data-steps", type=int, default=20,
+                   help="alternated steps per crops.backend of the data-path share (cell config, real data)")
+    p.add_argument("--data-warmup", type=int, default=10,
+                   help="untimed steps of the data-path share first (the tensor backend's resize matrices are "
+                   "cached per crop box: a cell builds them in its first batches)")
+    p.add_argument("--data-threads", type=int, default=1, help="threads of the data-path share (a cell's one core)")
     p.add_argument("--no-isolate", action="store_true",
                    help="measure in this process (default: one fresh process per measurement)")
     p.add_argument("--out", default=str(REPO / "results" / "bench.json"))
@@ -131,16 +99,17 @@ def _time_config(a: argparse.Namespace, name: str, result: dict, iso: dict) -> N
         for attn in [x for x in a.attn.split(",") if x]:
             cfg = build_config(name, prec, a.device, attn_impl=None if attn == "params" else attn)
             variant = "ours" if attn == "params" else f"ours attn={attn}"
-            _record(result, name, variant, lambda: measure("bench_step", cfg, a.warmup, a.steps, **iso), cfg)
+            _record(result, name, variant,
+                    lambda: measure("bench_step", cfg, a.warmup, a.steps, peak_n=a.peak_n, **iso), cfg)
         cfg = build_config(name, prec, a.device)
         if a.compile:
             _record(result, name, "ours+compile",
-                    lambda: measure("bench_step", cfg, a.warmup, a.steps, compile=True, **iso), cfg)
+                    lambda: measure("bench_step", cfg, a.warmup, a.steps, compile=True, peak_n=a.peak_n, **iso), cfg)
     if a.no_official:
         return
     cfg = build_config(name, "fp32", a.device)
     off = _record(result, name, "official-style",
-                  lambda: measure("bench_official", cfg, a.warmup, a.steps, **iso), cfg)
+                  lambda: measure("bench_official", cfg, a.warmup, a.steps, peak_n=a.peak_n, **iso), cfg)
     if a.paired:
         la0 = loadavg()
         log.info("timing %s ours vs official-style, alternating steps ...", name)
@@ -156,6 +125,21 @@ def _time_config(a: argparse.Namespace, name: str, result: dict, iso: dict) -> N
                                       "official": f"official-style {off['precision']}",
                                       "ratio": off["s_per_step"] / r["s_per_step"],
                                       "cpu_ratio": off["cpu_s_per_step"] / r["cpu_s_per_step"]})
+
+
+def _data_step(a: argparse.Namespace) -> list[dict]:
+    """The data path's share of a learning-budget cell's step (config ``cell``) per crops.backend."""
+    la0 = loadavg()
+    log.info("timing the data path of the cell config per crops.backend ...")
+    try:
+        rows = measure("bench_data_step", build_config("cell", "auto", a.device), a.data_warmup, a.data_steps,
+                       isolate=not a.no_isolate, threads=a.data_threads)
+    except Exception as exc:   # e.g. the cell's dataset is not on this machine
+        log.exception("data step failed")
+        return [{"config": "cell", "error": repr(exc)}]
+    for r in rows:
+        r.update(config="cell", loadavg=[la0, loadavg()])
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -180,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         log.info("timing the data pipeline ...")
         result["data_pipeline"] = bench_data(cfg, [int(w) for w in a.data_workers.split(",")], a.data_batches,
                                              a.data_root)
+    if not a.no_data:
+        result["data_step"] = _data_step(a)
     result["env"]["loadavg_end"] = loadavg()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

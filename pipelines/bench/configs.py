@@ -22,6 +22,9 @@ CONFIGS: dict[str, dict] = {
                 "head": {"out_dim": 4096, "hidden_dim": 2048, "bottleneck_dim": 256},
                 "crops": {"global_size": 32, "local_size": 16, "local_number": 6},
                 "optim": {"batch_size": 64}},
+    # A learning-budget cell: params.yaml as it stands (profile default, the empty diff): its ViT,
+    # crops, batch, K and dataset, whatever they are.
+    "cell": {},
     # The paper's ViT-S/16: 2 x 224 + 10 x 96, batch 64 per device, K = 65536.
     "vit-s16": {"model": {"arch": "vit_small", "patch_size": 16},
                 "head": {"out_dim": 65536, "hidden_dim": 2048, "bottleneck_dim": 256},

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from dino_core.config import Config
 from dino_core.train import Run, train_step
+from .flops import count_flops, distance_to_peak, matmul_peak
 from .measuring import PeakMemory, _sync, time_calls
 from .official_model import _ODINOHead, _ODINOLoss, _OMultiCropWrapper, _OViT
 from .step import make_run, random_crops, timed_epoch
@@ -109,17 +110,19 @@ class OfficialStep:
         return loss.item()
 
 
-def bench_official(cfg: Config, warmup: int, steps: int) -> dict:
+def bench_official(cfg: Config, warmup: int, steps: int, peak_n: int = 2048) -> dict:
     run = make_run(cfg)
     off = OfficialStep(run)
     del run
     crops = random_crops(cfg, off.device)
     it, epoch = timed_epoch(cfg)
     losses: list[float] = []
+    counted = count_flops(lambda: off.step(crops, it, epoch))   # also a warm-up step
     with PeakMemory(off.device) as mem:
         out = time_calls(lambda: losses.append(off.step(crops, it, epoch)), warmup, steps, off.device)
     out.update(precision=off.precision, compile=False, peak_mem_mb=mem.peak_mb, process_mem_mb=mem.total_mb,
-               mem_method=mem.method, losses=[round(x, 5) for x in losses])
+               mem_method=mem.method, losses=[round(x, 5) for x in losses], **counted)
+    out.update(distance_to_peak(out, matmul_peak(off.precision, off.device, peak_n)))
     return out
 
 

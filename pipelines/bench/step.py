@@ -9,6 +9,7 @@ from torch import Tensor
 
 from dino_core.config import Config
 from dino_core.train import Run, setup, train_step
+from .flops import count_flops, distance_to_peak, matmul_peak
 from .measuring import PeakMemory, _sync, time_calls
 
 
@@ -44,12 +45,13 @@ def timed_epoch(cfg: Config) -> tuple[int, int]:
     return epoch, epoch   # setup's loader has 1 step per epoch
 
 
-def bench_step(cfg: Config, warmup: int, steps: int, compile: bool = False) -> dict:
-    """Our training step (train.train_step) on random crops."""
+def bench_step(cfg: Config, warmup: int, steps: int, compile: bool = False, peak_n: int = 2048) -> dict:
+    """Our training step (train.train_step) on random crops: time, FLOPs, share of the matmul peak."""
     run = make_run(cfg)
     crops = random_crops(cfg, run.device)
     it, epoch = timed_epoch(cfg)
     out = {"precision": run.precision, "compile": compile}
+    out.update(count_flops(lambda: float(train_step(run, crops, it, epoch)[0])))   # also a warm-up step
     if compile:
         run = dataclasses.replace(run, student=torch.compile(run.student), teacher_net=torch.compile(run.teacher_net))
         t0 = time.perf_counter()
@@ -68,4 +70,5 @@ def bench_step(cfg: Config, warmup: int, steps: int, compile: bool = False) -> d
         out["compile_s"] = max(0.0, out.pop("compile_first_step_s") - out["s_per_step"])
     out.update(peak_mem_mb=mem.peak_mb, process_mem_mb=mem.total_mb, mem_method=mem.method,
                losses=[round(x, 5) for x in losses])
+    out.update(distance_to_peak(out, matmul_peak(run.precision, run.device, peak_n)))
     return out
