@@ -1,4 +1,4 @@
-"""Config validation (issue 2, "Config"): params.yaml is the single source of defaults, every
+"""Config validation: params.yaml is the single source of defaults, every
 value is checked on load, and each error names the key, the offending value and what is allowed."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Acceptance tests of dino_core (issue 2). Every test checks values derived by hand or from the
+"""Acceptance tests of dino_core. Every test checks values derived by hand or from the
 formulas of the official code (shared/paper_reference.md, section 2), not only shapes.
 
 Runs on CPU in fp32 with a tiny ViT (tests/helpers.py: 2 blocks, 32-d, patch 4, 16/8-px crops).

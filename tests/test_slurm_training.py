@@ -254,7 +254,7 @@ def test_slurm_job_array_of_three_training_cells(tmp_path, shapes_root, slurm_jo
 # On `scontrol requeue` SLURM sends SIGTERM, which submitit's job ignores (it waits for USR2),
 # and SIGKILL KillWait seconds later (5 s in ci/slurm/start.sh): the training must still be
 # running by then, so this run is longer than the others: 63 epochs left after the first
-# checkpoint, ~1 s each on the AVX2 EPYC, 0.23 s on the Xeon of session 9 (where 15 epochs, 3.5 s,
+# checkpoint, ~1 s each on the AVX2 EPYC, 0.23 s on a Xeon without AMX (2026-11-27, where 15 epochs, 3.5 s,
 # ended inside KillWait and the job finished instead of being requeued).
 PREEMPT_EPOCHS = 64
 

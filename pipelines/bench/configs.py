@@ -17,7 +17,7 @@ CONFIGS: dict[str, dict] = {
              "head": {"out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32},
              "crops": {"global_size": 16, "local_size": 8, "local_number": 2},
              "optim": {"batch_size": 8}},
-    # Issue 9 "cpu-toy": ViT-Tiny/4, 2 x 32 px + 6 x 16 px, batch 64, K = 4096.
+    # "cpu-toy": ViT-Tiny/4, 2 x 32 px + 6 x 16 px, batch 64, K = 4096.
     "cpu-toy": {"model": {"arch": "vit_tiny", "patch_size": 4},
                 "head": {"out_dim": 4096, "hidden_dim": 2048, "bottleneck_dim": 256},
                 "crops": {"global_size": 32, "local_size": 16, "local_number": 6},
