@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .schema import INF, build, spec
+from .schema import INF, build, check_cross_fields, spec
 
 
 @dataclass(frozen=True)
@@ -183,27 +183,6 @@ class Config:
             if isinstance(d.get(section), dict):
                 d[section].setdefault(key, value)
         return Config.from_dict(d, source)
-
-
-def check_cross_fields(cfg: Config, source: str = "params") -> None:
-    """Checks between keys that each pass alone: a ViT cuts every view into whole patches (a
-    patch that does not divide a crop silently drops the border), and splits its width evenly
-    over the heads. ValueError naming the keys, their values and what is allowed."""
-    m, c = cfg.model, cfg.crops
-    sizes = {"crops.global_size": c.global_size, "crops.local_size": c.local_size,
-             "data.image_size": cfg.data.image_size}
-    if c.local_number == 0:
-        sizes.pop("crops.local_size")   # no local views are cut
-    bad = {k: v for k, v in sizes.items() if v % m.patch_size}
-    if bad:
-        common = [p for p in range(1, min(sizes.values()) + 1) if all(v % p == 0 for v in sizes.values())]
-        raise ValueError(f"{source}: model.patch_size: {m.patch_size} does not divide "
-                         f"{', '.join(f'{k} {v}' for k, v in bad.items())} (the border would be dropped); "
-                         f"allowed: a divisor of every crop size, {common}")
-    if m.arch == "vit_custom" and m.embed_dim % m.num_heads:
-        divisors = [h for h in range(1, 65) if m.embed_dim % h == 0]
-        raise ValueError(f"{source}: model.num_heads: {m.num_heads} does not divide model.embed_dim "
-                         f"{m.embed_dim}; allowed: a divisor of embed_dim, {divisors}")
 
 
 def load_params(path: str | Path) -> dict:

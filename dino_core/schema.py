@@ -1,7 +1,8 @@
 """Validation of params.yaml values: every config field carries its allowed range or choices.
 
 ``spec(lo, hi, choices)`` declares them on a dataclass field; ``build(cls, raw, where)`` checks a
-YAML mapping against the dataclass (unknown / missing keys, type, range, choices) and builds it.
+YAML mapping against the dataclass (unknown / missing keys, type, range, choices) and builds it;
+``check_cross_fields(cfg)`` checks what only keys together can say (patch vs crop sizes, heads vs width).
 Every error names the key, the value and what is allowed.
 """
 from __future__ import annotations
@@ -78,3 +79,24 @@ def check(key: str, value: Any, typ: Any, meta: dict) -> Any:
             lb = "(" if meta.get("open_lo") else "["
             raise ValueError(f"{key}: {value!r} is out of range {lb}{lo}, {hi}]")
     return value
+
+
+def check_cross_fields(cfg: Any, source: str = "params") -> None:
+    """Checks between keys that each pass alone: a ViT cuts every view into whole patches (a
+    patch that does not divide a crop silently drops the border), and splits its width evenly
+    over the heads. ValueError naming the keys, their values and what is allowed."""
+    m, c = cfg.model, cfg.crops
+    sizes = {"crops.global_size": c.global_size, "crops.local_size": c.local_size,
+             "data.image_size": cfg.data.image_size}
+    if c.local_number == 0:
+        sizes.pop("crops.local_size")   # no local views are cut
+    bad = {k: v for k, v in sizes.items() if v % m.patch_size}
+    if bad:
+        common = [p for p in range(1, min(sizes.values()) + 1) if all(v % p == 0 for v in sizes.values())]
+        raise ValueError(f"{source}: model.patch_size: {m.patch_size} does not divide "
+                         f"{', '.join(f'{k} {v}' for k, v in bad.items())} (the border would be dropped); "
+                         f"allowed: a divisor of every crop size, {common}")
+    if m.arch == "vit_custom" and m.embed_dim % m.num_heads:
+        divisors = [h for h in range(1, 65) if m.embed_dim % h == 0]
+        raise ValueError(f"{source}: model.num_heads: {m.num_heads} does not divide model.embed_dim "
+                         f"{m.embed_dim}; allowed: a divisor of embed_dim, {divisors}")

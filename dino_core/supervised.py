@@ -31,8 +31,8 @@ from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, s
 from .config import Config, save_config
 from .device import autocast, resolve_device, resolve_precision
 from .multicrop import MultiCropAugmentation, MultiCropDataset
+from .networks import build_loss, build_network, model_shapes
 from .optim import Schedules, build_optimizer, clip_gradients, peak_memory_mb
-from .train import build_loss, build_network, model_shapes
 
 log = logging.getLogger(__name__)
 

@@ -21,35 +21,16 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from . import distributed as D
 from .checkpoint import atomic_write_json, load_checkpoint, save_checkpoint, truncate_log
 from .config import Config, save_config
-from .device import autocast, matmul_shapes, resolve_device, resolve_precision
-from .head import DINOHead, MultiCropWrapper
+from .device import autocast, resolve_device, resolve_precision
+from .head import MultiCropWrapper
 from .loss import DINOLoss
 from .monitor import CollapseMonitor, read_log
-from .multicrop import MultiCropAugmentation, MultiCropDataset, n_crops
+from .multicrop import MultiCropAugmentation, MultiCropDataset
+from .networks import build_loss, build_network, model_shapes
 from .optim import Schedules, build_optimizer, cancel_last_layer_grads, clip_gradients, peak_memory_mb
 from .teacher import Teacher
-from .vit import build_vit
 
 log = logging.getLogger(__name__)
-
-
-def build_network(cfg: Config, student: bool) -> MultiCropWrapper:
-    """Student (drop path, optional predictor) or teacher (neither) backbone + head."""
-    m, h = cfg.model, cfg.head
-    backbone = build_vit(m.arch, m.patch_size, cfg.crops.global_size, m.embed_dim, m.depth, m.num_heads,
-                         m.drop_path_rate if student else 0.0, m.attn_impl)
-    head = DINOHead(backbone.embed_dim, h.out_dim, h.use_bn, h.norm_last_layer, h.nlayers, h.hidden_dim,
-                    h.bottleneck_dim, predictor=h.predictor and student)
-    return MultiCropWrapper(backbone, head)
-
-
-def build_loss(cfg: Config) -> DINOLoss:
-    from .schedules import teacher_temp_schedule
-    lc = cfg.loss
-    temps = teacher_temp_schedule(lc.warmup_teacher_temp, lc.teacher_temp, lc.warmup_teacher_temp_epochs,
-                                  cfg.train.epochs)
-    return DINOLoss(cfg.head.out_dim, n_crops(cfg.crops), temps, lc.student_temp, lc.kind, lc.normalization,
-                    lc.sharpening, lc.center_momentum, lc.sk_iters, lc.queue_size, lc.infonce_temp)
 
 
 @dataclass
@@ -104,14 +85,6 @@ def setup(cfg: Config, dataset: Dataset, mean, std) -> Run:
     sched = Schedules.build(cfg, len(loader), D.world_size())
     return Run(cfg, device, student, student_mod, teacher_net, teacher, build_loss(cfg).to(device),
                optimizer, scaler, precision, probe, sched, loader)
-
-
-def model_shapes(cfg: Config, dim: int) -> list[tuple[int, int, int]]:
-    """The matmul shapes of one global-crop batch through a block and the head (precision probe)."""
-    tokens = cfg.optim.batch_size * (1 + (cfg.crops.global_size // cfg.model.patch_size) ** 2)
-    h = cfg.head
-    return matmul_shapes(tokens, cfg.optim.batch_size, dim,
-                         (*[h.hidden_dim] * (h.nlayers - 1), h.bottleneck_dim, h.out_dim))
 
 
 def train_step(run: Run, crops: list[torch.Tensor], it: int, epoch: int) -> tuple[torch.Tensor, dict]:

@@ -12,7 +12,7 @@ from dino_core.device import resolve_device
 from dino_core.evaluate.knn import knn_classify
 from dino_core.evaluate.linear import sweep_linear
 from dino_core.evaluate.protocol import eval_sets, evaluate_backbone
-from dino_core.train import build_network
+from dino_core.networks import build_network
 
 
 def random_init(cfg: Config, linear: bool = True) -> dict:

@@ -30,7 +30,8 @@ from dino_core.evaluate.collapse import collapse_metrics
 from dino_core.evaluate.features import knn_and_linear_features
 from dino_core.evaluate.knn import knn_classify
 from dino_core.evaluate.protocol import eval_sets, evaluate_backbone
-from dino_core.train import build_loss, build_network, train
+from dino_core.networks import build_loss, build_network
+from dino_core.train import train
 
 from .lock import cell_lock
 from .store import (COLLAPSE, TEACHER, cell_summary, check_same_config, eval_failure_recorded, eval_key, is_done,

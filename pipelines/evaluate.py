@@ -24,7 +24,7 @@ from dino_core.config import Config, merge
 from dino_core.data.registry import NORMALIZATION
 from dino_core.evaluate.attention import attention_jaccard, save_attention_overlays
 from dino_core.evaluate.protocol import eval_sets
-from dino_core.train import build_network
+from dino_core.networks import build_network
 
 from .baselines import random_init, raw_pixels
 from .cell import ATTENTION_MAPS

@@ -16,7 +16,8 @@ from dino_core.checkpoint import CHECKPOINT
 from dino_core.config import Config, merge
 from dino_core.evaluate.features import knn_and_linear_features
 from dino_core.evaluate.knn import knn_classify
-from dino_core.train import build_network, train
+from dino_core.networks import build_network
+from dino_core.train import train
 from pipelines.params import grid_cells, load_all, resolve_profile
 from pipelines.protocol import load_protocol
 from pipelines.store import cell_hash

@@ -22,7 +22,8 @@ from dino_core.evaluate import (attention_jaccard, backbone_state_dict, collapse
                                 knn_predict, load_backbone, mass_mask, rank_classes, save_attention_overlays,
                                 sweep_linear, train_linear, upsample_mask)
 from dino_core.head import DINOHead, MultiCropWrapper
-from dino_core.train import build_network, train
+from dino_core.networks import build_network
+from dino_core.train import train
 from dino_core.vit import build_vit
 from pipelines.baselines import random_init
 from dino_core.evaluate.protocol import EvalSets

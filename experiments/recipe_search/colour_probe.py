@@ -24,7 +24,7 @@ from dino_core.config import Config
 from dino_core.data.registry import build_dataset
 from dino_core.evaluate.features import extract_features
 from dino_core.evaluate.knn import knn_classify
-from dino_core.train import build_network
+from dino_core.networks import build_network
 from pipelines.cell import eval_loaders
 
 from experiments.recipe_search.explore import config_of, load_variants

@@ -27,7 +27,8 @@ HERE = Path(__file__).resolve().parent
 
 from dino_core.config import Config
 from dino_core.data.registry import NORMALIZATION
-from dino_core.train import build_network, train
+from dino_core.networks import build_network
+from dino_core.train import train
 from pipelines.cell import eval_loaders, knn_of, pretrain_dataset
 from pipelines.params import apply_diff
 

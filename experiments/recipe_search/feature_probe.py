@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 from dino_core.config import Config
 from dino_core.evaluate.features import extract_features
 from dino_core.evaluate.knn import knn_classify
-from dino_core.train import build_network
+from dino_core.networks import build_network
 from pipelines.cell import eval_loaders, load_trained
 from pipelines.params import load_all, resolve_profile
 

@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 
 from dino_core.config import Config
 from dino_core.data.registry import build_dataset
-from dino_core.train import build_network
+from dino_core.networks import build_network
 from pipelines.cell import eval_loaders, load_trained
 
 from experiments.recipe_search.colour_probe import BINS, knn_on_labels

@@ -36,7 +36,7 @@ from dino_core.config import Config
 from dino_core.data.registry import NORMALIZATION
 from dino_core.multicrop import MultiCropAugmentation, MultiCropDataset
 from dino_core.optim import Schedules, build_optimizer, clip_gradients
-from dino_core.train import build_network
+from dino_core.networks import build_network
 from pipelines.baselines import raw_pixels
 from pipelines.cell import eval_loaders, knn_of, pretrain_dataset
 from pipelines.pretrain import add_params_arguments, params_of
