@@ -46,7 +46,7 @@ def resolve_profile(params: dict, root: Path = ROOT) -> dict:
     return core
 
 
-def _expr(text: str, base: dict, where: str) -> float:
+def expr(text: str, base: dict, where: str) -> float:
     def ev(node: ast.AST) -> float:
         if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
             return _OPS[type(node.op)](ev(node.left), ev(node.right))
@@ -69,7 +69,7 @@ def apply_diff(base: dict, diff: dict, where: str) -> dict:
             if isinstance(v, dict):
                 out[k] = resolve(v, b.get(k, {}), f"{path}.{k}")
             elif isinstance(v, str) and v.startswith("="):
-                val = _expr(v[1:], base, f"{path}.{k}")
+                val = expr(v[1:], base, f"{path}.{k}")
                 out[k] = int(round(val)) if isinstance(b.get(k), int) else val
             else:
                 out[k] = v

@@ -8,7 +8,7 @@ import torch
 
 from dino_core.device import resolve_device
 from .environment import loadavg
-from .measuring import PeakMemory, _sync
+from .measuring import PeakMemory, sync
 
 
 def bench_knn(n_query: int, n_train: int, dim: int = 384, num_classes: int = 1000,
@@ -25,7 +25,7 @@ def bench_knn(n_query: int, n_train: int, dim: int = 384, num_classes: int = 100
     with PeakMemory(dev) as mem:
         t0 = time.perf_counter()
         acc = knn_classify(train, train_y, query, query_y, ks=tuple(ks), num_classes=num_classes)
-        _sync(dev)
+        sync(dev)
         dt = time.perf_counter() - t0
     inputs_mb = (train.numel() * 4 + train_y.numel() * 8 + query.numel() * 4 + query_y.numel() * 8) / 2**20
     return {"n_query": n_query, "n_train": n_train, "dim": dim, "ks": list(ks), "num_classes": num_classes,

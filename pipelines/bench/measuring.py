@@ -53,7 +53,7 @@ class PeakMemory:
         self.total_mb, self.peak_mb = peak / 2**20, (peak - self.base) / 2**20
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -65,13 +65,13 @@ def time_calls(fn: Callable[[], None], warmup: int, steps: int, device: torch.de
     for _ in range(warmup):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         first.append(time.perf_counter() - t0)
     times, cpu = [], []
     for _ in range(steps):
         c0, t0 = time.process_time(), time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     return {"s_per_step": statistics.median(times), "min_s": min(times), "max_s": max(times),

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from dino_core.config import Config
 from dino_core.train import Run, train_step
 from .flops import count_flops, distance_to_peak, matmul_peak
-from .measuring import PeakMemory, _sync, time_calls
+from .measuring import PeakMemory, sync, time_calls
 from .official_model import _ODINOHead, _ODINOLoss, _OMultiCropWrapper, _OViT
 from .step import make_run, random_crops, timed_epoch
 
@@ -106,7 +106,7 @@ class OfficialStep:
             m = self.sched.momentum[it]
             for param_q, param_k in zip(student.parameters(), teacher.parameters()):
                 param_k.data.mul_(m).add_((1 - m) * param_q.detach().data)
-        _sync(self.device)
+        sync(self.device)
         return loss.item()
 
 
@@ -145,7 +145,7 @@ def bench_paired(cfg: Config, warmup: int, steps: int) -> dict:
             fns[k]()   # re-warm after the switch, untimed
             c0, t0 = time.process_time(), time.perf_counter()
             fns[k]()
-            _sync(run.device)
+            sync(run.device)
             times[k].append(time.perf_counter() - t0)
             cpu[k].append(time.process_time() - c0)
     ratios = [o / u for o, u in zip(times["official"], times["ours"])]

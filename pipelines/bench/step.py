@@ -10,7 +10,7 @@ from torch import Tensor
 from dino_core.config import Config
 from dino_core.train import Run, setup, train_step
 from .flops import count_flops, distance_to_peak, matmul_peak
-from .measuring import PeakMemory, _sync, time_calls
+from .measuring import PeakMemory, sync, time_calls
 
 
 class _Placeholder(torch.utils.data.Dataset):
@@ -56,7 +56,7 @@ def bench_step(cfg: Config, warmup: int, steps: int, compile: bool = False, peak
         run = dataclasses.replace(run, student=torch.compile(run.student), teacher_net=torch.compile(run.teacher_net))
         t0 = time.perf_counter()
         float(train_step(run, crops, it, epoch)[0])   # compiles forward + backward graphs
-        _sync(run.device)
+        sync(run.device)
         out["compile_first_step_s"] = time.perf_counter() - t0
     losses: list[float] = []
 

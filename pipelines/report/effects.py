@@ -7,7 +7,7 @@ from ..protocol import row_seeds, study_metric
 from .model import Effect
 from .stats import NAN, ci, p_direction, p_one_sample, p_tost
 from .tables import fmt_mean_std, fmt_num
-from .verdicts import COLUMN, Result, _mean_std, decide, post_hoc_tag, row_result, values
+from .verdicts import COLUMN, Result, mean_std, decide, post_hoc_tag, row_result, values
 
 JACCARD = "jaccard_best_head"
 
@@ -22,13 +22,13 @@ def _target(protocol: dict, studies: dict, study: str, rows: list[str]) -> int:
 def _pair(protocol: dict, spec: dict, seeds: pd.DataFrame, studies: dict, how: str) -> Result:
     column = COLUMN[study_metric(protocol, spec["study"])]
     a, b = (values(seeds, spec["study"], r, column) for r in spec["rows"][:2])
-    r = Result(how, min(len(a), len(b)), _target(protocol, studies, spec["study"], spec["rows"][:2]), *_mean_std(a))
+    r = Result(how, min(len(a), len(b)), _target(protocol, studies, spec["study"], spec["rows"][:2]), *mean_std(a))
     if len(a) >= 2 and len(b) >= 2:
-        r.delta, r.ci = r.mean - _mean_std(b)[0], ci(a, b)
+        r.delta, r.ci = r.mean - mean_std(b)[0], ci(a, b)
     margin = protocol["tests"]["equivalence"]["margin"]
     r.p = p_direction(a, b, +1) if how == "direction" else p_tost(a, b, margin)
-    r.detail = (f"{spec['rows'][0]} {fmt_mean_std(*_mean_std(a), len(a))} vs {spec['rows'][1]} "
-                f"{fmt_mean_std(*_mean_std(b), len(b))} ({column.split('_')[0]}); "
+    r.detail = (f"{spec['rows'][0]} {fmt_mean_std(*mean_std(a), len(a))} vs {spec['rows'][1]} "
+                f"{fmt_mean_std(*mean_std(b), len(b))} ({column.split('_')[0]}); "
                 + ("one-sided Welch" if how == "direction" else f"TOST ±{margin:g}"))
     return r
 
@@ -40,7 +40,7 @@ def _entropy(protocol: dict, spec: dict, seeds: pd.DataFrame, studies: dict) -> 
     x = [float(v) for v in ratio.dropna()]
     t = protocol["tests"]["entropy"]
     bound, side = (t["zero_below"], "below") if spec["bound"] == "zero" else (t["log_k_above"], "above")
-    r = Result("entropy", len(x), _target(protocol, studies, spec["study"], spec["rows"]), *_mean_std(x))
+    r = Result("entropy", len(x), _target(protocol, studies, spec["study"], spec["rows"]), *mean_std(x))
     r.p = p_one_sample(x, bound, side)
     r.detail = f"h(Pt)/ln K {fmt_mean_std(r.mean, r.std, r.n, 2)}, one-sample t, H1: {side} {bound:g}"
     return r
@@ -63,10 +63,10 @@ def _cost(spec: dict, cost: dict | None) -> Result:
 
 def _attention(protocol: dict, spec: dict, seeds: pd.DataFrame) -> Result:
     vals = [values(seeds, spec["study"], name, JACCARD) for name in spec["rows"]]
-    r = Result("attention", min(len(v) for v in vals), 3, *_mean_std(vals[0]))
+    r = Result("attention", min(len(v) for v in vals), 3, *mean_std(vals[0]))
     ps = [p_direction(a, b, +1) for a, b in zip(vals, vals[1:])]
     r.p = NAN if any(p != p for p in ps) else max(ps)
-    r.detail = "; ".join(f"{n} {fmt_mean_std(*_mean_std(v), len(v))}" for n, v in zip(spec["rows"], vals)) \
+    r.detail = "; ".join(f"{n} {fmt_mean_std(*mean_std(v), len(v))}" for n, v in zip(spec["rows"], vals)) \
         + " (Jaccard %, best head; max of the two one-sided Welch p)"
     return r
 

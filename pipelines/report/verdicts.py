@@ -42,7 +42,7 @@ def values(seeds: pd.DataFrame, study: str, row: str, column: str) -> list[float
     return [float(v) for v in pd.to_numeric(ok[column], errors="coerce").dropna()] if column in ok else []
 
 
-def _mean_std(x: list[float]) -> tuple[float, float]:
+def mean_std(x: list[float]) -> tuple[float, float]:
     if not x:
         return NAN, NAN
     m = sum(x) / len(x)
@@ -61,12 +61,12 @@ def row_result(protocol: dict, study: dict, row: dict, seeds: pd.DataFrame) -> R
     a, b = values(seeds, sname, name, column), values(seeds, sname, default, column)
     test = row_test(protocol, study, row)
     target = len(row_seeds(protocol, study, row)) if "seeds" in protocol else len(a)
-    r = Result(test, len(a), target, *_mean_std(a))
+    r = Result(test, len(a), target, *mean_std(a))
     if name == default:
         r.test, r.verdict = "none", "reference"
         return r
     if len(a) >= 2 and len(b) >= 2:
-        r.delta, r.ci = r.mean - _mean_std(b)[0], ci(a, b, protocol.get("ci", 0.95))
+        r.delta, r.ci = r.mean - mean_std(b)[0], ci(a, b, protocol.get("ci", 0.95))
     metric = study_metric(protocol, sname)
     if test == "collapse":
         r.p = p_direction(a, b, -1)

@@ -13,7 +13,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from dino_core.config import Config, merge
 
-from ..params import _expr
+from ..params import expr
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ def _bound(e: dict, b: str, kind: str, base: dict, where: str) -> int | float:
         raise ValueError(f"{where}: missing `{b}:`")
     v = e[b]
     if isinstance(v, str) and v.startswith("="):
-        v = _expr(v[1:], base, f"{where}: {b}")
+        v = expr(v[1:], base, f"{where}: {b}")
         if kind == "int":
             v = int(round(v))
     if not _num(v) or not math.isfinite(v):

@@ -62,7 +62,7 @@ def check_fingerprint(study: optuna.Study, plan: Plan) -> None:
         study.set_user_attr("epochs", plan.base["train"]["epochs"])
 
 
-def _lock(s: TuneSettings):
+def study_lock(s: TuneSettings):
     from optuna.storages.journal import JournalFileOpenLock
     s.study_dir.mkdir(parents=True, exist_ok=True)
     return JournalFileOpenLock(str(s.study_dir / "ask"), grace_period=60)
@@ -73,7 +73,7 @@ def counted(trials: list) -> int:
     return sum(1 for t in trials if t.state in COUNTED and t.user_attrs.get("status") != "stale")
 
 
-def _claim_path(s: TuneSettings, worker: int) -> Path:
+def claim_path(s: TuneSettings, worker: int) -> Path:
     return s.study_dir / "workers" / f"worker_{worker}.json"
 
 
@@ -85,7 +85,7 @@ def _read_claim(path: Path) -> int | None:
         return None
 
 
-def _trial_id(storage: optuna.storages.BaseStorage, s: TuneSettings, number: int) -> int:
+def trial_id(storage: optuna.storages.BaseStorage, s: TuneSettings, number: int) -> int:
     return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(s.study_name), number)
 
 
@@ -94,7 +94,7 @@ def claimed_running(study: optuna.Study, s: TuneSettings) -> dict[int, int]:
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     out = {}
     for w in range(s.n_workers):
-        n = _read_claim(_claim_path(s, w))
+        n = _read_claim(claim_path(s, w))
         if n is not None and n in running:
             out[w] = n
     return out
@@ -108,7 +108,7 @@ def fail_stale(study: optuna.Study, storage: optuna.storages.BaseStorage, s: Tun
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.number in claimed:
             continue
-        tid = _trial_id(storage, s, t.number)
+        tid = trial_id(storage, s, t.number)
         storage.set_trial_user_attr(tid, "status", "stale")
         storage.set_trial_state_values(tid, TrialState.FAIL)
         stale.append(t.number)

@@ -12,7 +12,7 @@ from dino_core.checkpoint import atomic_write_text
 from .objective import run_trial
 from .plan import Plan
 from .settings import TuneSettings
-from .study import _claim_path, claimed_running, counted, _lock, make_sampler, open_study, _trial_id
+from .study import claim_path, claimed_running, counted, make_sampler, open_study, study_lock, trial_id
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def run_worker(plan: Plan, worker: int) -> dict:
         torch.set_num_threads(plan.threads)
     s = plan.settings
     study, storage = open_study(s)
-    lock, claim = _lock(s), _claim_path(s, worker)
+    lock, claim = study_lock(s), claim_path(s, worker)
     claim.parent.mkdir(parents=True, exist_ok=True)
     done: list[list] = []
     trial, fresh = None, True
@@ -51,7 +51,7 @@ def run_worker(plan: Plan, worker: int) -> dict:
     if mine is not None:
         log.info("worker %d: resuming its trial %d", worker, mine)
         study.sampler = make_sampler(s, mine)
-        trial, fresh = optuna.Trial(study, _trial_id(storage, s, mine)), False
+        trial, fresh = optuna.Trial(study, trial_id(storage, s, mine)), False
     while True:
         if trial is None:
             trial, fresh = _ask(study, s, lock, claim), True
