@@ -1,13 +1,13 @@
-"""The dataset registry: datasets by name for pre-training and evaluation, their statistics and the
-deterministic evaluation transform.
+"""The dataset registry: datasets by name for pre-training and evaluation (their builders:
+builders.py), their statistics and the deterministic evaluation transform.
 
 Splits: ``"train"`` (pre-training and the k-NN / linear train set), ``"val"`` (where choices are made:
 the linear probe's lr, the budget, tuning) and, where a dataset has one apart from ``"val"``,
 ``"test"`` (where reported numbers are measured: ``DatasetSpec.report_split``; Fashion-MNIST's
 ``"val"`` is a holdout carved from its train files). Datasets without a separate test split report
 on ``"val"``, where the choices were made too. STL-10 adds ``"unlabeled"`` (its pre-training split,
-labels -1) and ``"train+unlabeled"``. Items are
-``(image, label)``, or ``(image, label, mask)`` with ``with_masks=True`` (``shapes`` only), where
+labels -1) and ``"train+unlabeled"``. Items are ``(image, label)``, or ``(image, label, mask)``
+with ``with_masks=True`` (``shapes`` and ``fashion_mnist``), where
 ``mask`` is a bool tensor (H, W). Every dataset exposes ``.targets`` (list[int]) and ``.classes``.
 Downloads (torchvision) happen only with ``download=True``. Corrupt files: our folder layout (shapes)
 checks image headers when built, and decodes every file up front only with ``skip_corrupt=True``
@@ -26,10 +26,12 @@ import torch
 import torchvision.transforms as T
 from torch.utils.data import Dataset
 from torchvision import datasets as tv
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+from torchvision.datasets.folder import find_classes
 
 from dino_core.data import fashion_mnist, shapes
-from dino_core.data.folder import CorruptImageError, FolderDataset, image_size, mask_to_tensor
+from dino_core.data.builders import (build_cifar, build_fashion_mnist, build_imagefolder, build_shapes,
+                                     build_stl10)
+from dino_core.data.folder import mask_to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -47,81 +49,6 @@ SHAPES_STATS: Stats = ((0.4977, 0.5012, 0.4993), (0.2771, 0.2782, 0.2767))
 RESIZE_RATIO = 256 / 224  # official DINO eval: Resize(256) + CenterCrop(224)
 
 
-def _missing(name: str, path: Path, manual: str) -> FileNotFoundError:
-    return FileNotFoundError(f"{name}: {path} not found. Pass download=True (needs internet) or copy "
-                             f"{manual} there manually.")
-
-
-def _shapes(root: Path, split: str, transform: Callable | None, download: bool, skip_corrupt: bool,
-            mask_transform: Callable | None) -> Dataset:
-    if shapes.read_index(root) is None:
-        if not download:
-            raise FileNotFoundError(
-                f"shapes: {root / 'index.json'} not found. Generate the dataset with "
-                f"`python -m pipelines.prepare --dataset shapes --root {root}` (or "
-                "dino_core.data.shapes.prepare_shapes), or pass download=True to generate it with defaults.")
-        shapes.prepare_shapes(root)
-    split_root = root / split
-    masks_root = split_root / "masks" if mask_transform is not None else None
-    return FolderDataset(split_root / "images", masks_root=masks_root, transform=transform,
-                         mask_transform=mask_transform, skip_corrupt=skip_corrupt, verify=skip_corrupt)
-
-
-def _fashion_mnist(root: Path, split: str, transform: Callable | None, download: bool, skip_corrupt: bool,
-                   mask_transform: Callable | None) -> Dataset:
-    if download and fashion_mnist.find_file(root, fashion_mnist.FILES[split][0]) is None:
-        tv.FashionMNIST(str(root), train=split != "test", download=True)
-    return fashion_mnist.FashionMNIST(root, split, transform, mask_transform)
-
-
-def _cifar(cls: type, folder: str) -> Callable[..., Dataset]:
-    def build(root: Path, split: str, transform: Callable | None, download: bool, *_) -> Dataset:
-        if not download and not (root / folder).is_dir():
-            raise _missing(cls.__name__.lower(), root / folder, f"the extracted '{folder}' folder")
-        try:
-            return cls(str(root), train=split == "train", transform=transform, download=download)
-        except RuntimeError as exc:
-            raise _missing(cls.__name__.lower(), root / folder, f"the extracted '{folder}' folder") from exc
-    return build
-
-
-def _stl10(root: Path, split: str, transform: Callable | None, download: bool, *_) -> Dataset:
-    if not download and not (root / "stl10_binary").is_dir():
-        raise _missing("stl10", root / "stl10_binary", "the extracted 'stl10_binary' folder")
-    dataset = tv.STL10(str(root), split={"val": "test"}.get(split, split), transform=transform,
-                       download=download)
-    dataset.targets = [int(y) for y in dataset.labels]
-    return dataset
-
-
-def _imagefolder(root: Path, split: str, transform: Callable | None, download: bool,
-                 skip_corrupt: bool, *_) -> Dataset:
-    if download:
-        raise ValueError("imagefolder: no download exists; copy the ImageNet-layout folders "
-                         f"(train/<class>/*, val/<class>/*) under {root}")
-    if not (root / split).is_dir():
-        raise FileNotFoundError(f"imagefolder: {root / split} not found; copy the ImageNet-layout folders "
-                                f"(train/<class>/*, val/<class>/*) under {root} manually (no download exists).")
-    corrupt: list[str] = []
-
-    def readable(path: str) -> bool:  # header check only, so skipping stays affordable at ImageNet scale
-        if not path.lower().endswith(IMG_EXTENSIONS):
-            return False
-        try:
-            image_size(Path(path), verify=False)
-            return True
-        except CorruptImageError as exc:
-            corrupt.append(str(exc))
-            return False
-
-    dataset = tv.ImageFolder(str(root / split), transform=transform,
-                             is_valid_file=readable if skip_corrupt else None)
-    if corrupt:
-        logger.warning("imagefolder: skipped %d unreadable image file(s) under %s; first: %s",
-                       len(corrupt), root / split, corrupt[0])
-    return dataset
-
-
 @dataclass(frozen=True)
 class DatasetSpec:
     """How to build a dataset; ``num_classes`` None means: count the class folders of the root."""
@@ -136,14 +63,14 @@ class DatasetSpec:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "shapes": DatasetSpec(_shapes, SHAPES_STATS, len(shapes.CLASSES), has_masks=True),
-    "fashion_mnist": DatasetSpec(_fashion_mnist, FASHION_MNIST_STATS, len(fashion_mnist.CLASSES),
+    "shapes": DatasetSpec(build_shapes, SHAPES_STATS, len(shapes.CLASSES), has_masks=True),
+    "fashion_mnist": DatasetSpec(build_fashion_mnist, FASHION_MNIST_STATS, len(fashion_mnist.CLASSES),
                                  ("train", "val", "test"), has_masks=True, report_split="test"),
-    "cifar10": DatasetSpec(_cifar(tv.CIFAR10, "cifar-10-batches-py"), CIFAR10_STATS, 10),
-    "cifar100": DatasetSpec(_cifar(tv.CIFAR100, "cifar-100-python"), CIFAR100_STATS, 100),
-    "stl10": DatasetSpec(_stl10, IMAGENET_STATS, 10, ("train", "val", "unlabeled", "train+unlabeled"),
+    "cifar10": DatasetSpec(build_cifar(tv.CIFAR10, "cifar-10-batches-py"), CIFAR10_STATS, 10),
+    "cifar100": DatasetSpec(build_cifar(tv.CIFAR100, "cifar-100-python"), CIFAR100_STATS, 100),
+    "stl10": DatasetSpec(build_stl10, IMAGENET_STATS, 10, ("train", "val", "unlabeled", "train+unlabeled"),
                          pretrain_split="unlabeled"),
-    "imagefolder": DatasetSpec(_imagefolder, IMAGENET_STATS, None),
+    "imagefolder": DatasetSpec(build_imagefolder, IMAGENET_STATS, None),
 }
 NORMALIZATION: dict[str, Stats] = {name: spec.normalization for name, spec in DATASETS.items()}
 
