@@ -55,9 +55,17 @@ def decide(rows: list[dict], random_knn: dict[int, float], budget: dict) -> dict
             "passes": ok}
 
 
-def measure(params: dict, epochs: int, protocol: dict, root: Path = ROOT, train: bool = True) -> dict | None:
-    """Train (or reuse) the candidate's cells and decide on the select split; with ``train`` False,
-    None unless every cell of the candidate has finished."""
+def random_knn(params: dict, budget: dict, root: Path = ROOT) -> dict[int, float]:
+    """Select k-NN@20 of the default row's ViT at initialisation, per seed (no schedule enters it)."""
+    cells = budget_cells(params, min(budget["candidates"]), budget, root)
+    return {seed: random_init(Config.from_dict(p), linear=False)[KNN]
+            for s, r, seed, p in cells if (s, r) == ("fig6_teacher", "momentum")}
+
+
+def measure(params: dict, epochs: int, protocol: dict, randoms: dict[int, float], root: Path = ROOT,
+            train: bool = True) -> dict | None:
+    """Train (or reuse) the candidate's cells and decide on the select split against ``randoms``
+    (random_knn); with ``train`` False, None unless every cell of the candidate has finished."""
     budget, store = protocol["budget"], root / params["grid"]["store"]
     cells = budget_cells(params, epochs, budget, root)
     paths = [cell_dir(store, Config.from_dict(p)) for *_, p in cells]
@@ -72,8 +80,6 @@ def measure(params: dict, epochs: int, protocol: dict, root: Path = ROOT, train:
     summaries = [cell_summary(d) for d in paths]   # DONE + collapse.json + eval.json
     rows = [{"study": s, "row": r, "seed": seed, "cell": d.name, "knn": m[KNN], "collapsed": bool(m.get("collapsed"))}
             for (s, r, seed, _), d, m in zip(cells, paths, summaries)]
-    randoms = {seed: random_init(Config.from_dict(p), linear=False)[KNN]
-               for s, r, seed, p in cells if (s, r) == ("fig6_teacher", "momentum")}
     return {"epochs": epochs, "random_init_knn": randoms, "rows": rows, **decide(rows, randoms, budget)}
 
 
@@ -83,9 +89,9 @@ def choose(params: dict, root: Path = ROOT, train: bool = True) -> dict:
     so far: chosen_epochs stays None until a candidate passes)."""
     protocol = load_protocol(root)
     params = merge(params, {"profile": "default"})
-    tried = []
+    tried, randoms = [], random_knn(params, protocol["budget"], root)
     for epochs in sorted(protocol["budget"]["candidates"]):
-        result = measure(params, epochs, protocol, root, train)
+        result = measure(params, epochs, protocol, randoms, root, train)
         if result is None:
             log.info("budget %d epochs: cells not all finished; stopping here (--no-train)", epochs)
             break

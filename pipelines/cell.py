@@ -29,7 +29,7 @@ from dino_core.evaluate.attention import cls_attention, mass_mask
 from dino_core.evaluate.collapse import collapse_metrics
 from dino_core.evaluate.features import knn_and_linear_features
 from dino_core.evaluate.knn import knn_classify
-from dino_core.evaluate.protocol import eval_sets, evaluate_backbone
+from dino_core.evaluate.protocol import EvalSets, eval_sets, evaluate_backbone
 from dino_core.networks import build_loss, build_network
 from dino_core.train import train
 
@@ -91,9 +91,9 @@ def evaluate_cell(cfg: Config, cell: Path) -> dict:
     """dino_core.evaluate.protocol.evaluate_backbone of the cell's fp16 teacher backbone
     (store.TEACHER; made by finish_cell from the checkpoint of a run that has none) -> eval.json
     (with its eval_key)."""
-    if not (cell / TEACHER).is_file():
-        finish_cell(cfg, cell)
     sets = eval_sets(cfg.data, cfg.eval.batch_size, with_masks=True)
+    if not (cell / TEACHER).is_file():
+        finish_cell(cfg, cell, sets)
     backbone = read_teacher(cell, build_network(cfg, False).backbone)
     out = {"eval_key": eval_key(cfg), **evaluate_backbone(backbone, cfg.eval, sets,
                                                           resolve_device(cfg.train.device), cfg.train.seed)}
@@ -129,7 +129,7 @@ def save_attention_maps(backbone: torch.nn.Module, report, threshold: float, nor
     atomic_write_text(path, json.dumps(out, separators=(",", ":")))
 
 
-def finish_cell(cfg: Config, cell: Path) -> None:
+def finish_cell(cfg: Config, cell: Path, sets: EvalSets | None = None) -> None:
     """From the final checkpoint: collapse.json (teacher and student on the report split, with the
     run's own teacher targets at the last epoch: DINOLoss.teacher_probs, its normalisation, center or
     not, and its tau_t, so a no-centering row is judged on what its student was trained towards)
@@ -138,7 +138,7 @@ def finish_cell(cfg: Config, cell: Path) -> None:
     if cfg.train.objective != "dino":   # supervised / none trained no DINO head: no targets to judge
         write_teacher(cell, teacher.backbone)
         return
-    sets = eval_sets(cfg.data, cfg.eval.batch_size)
+    sets = sets or eval_sets(cfg.data, cfg.eval.batch_size)
     out = run_targets_collapse(student, teacher, loss, cfg.train.epochs - 1, sets.report,
                                resolve_device(cfg.train.device))
     atomic_write_json(cell / COLLAPSE, out)
@@ -174,7 +174,6 @@ def _train_and_evaluate(cell: Path, cfg: Config) -> dict:
                "wall_time_s": metrics["wall_time_s"], "precision": metrics.get("precision")}
     if summary["status"] == "ok":
         with eval_failure_recorded(cell):   # eval.json before DONE: a DONE ok cell always has an evaluation
-            finish_cell(cfg, cell)
-            evaluate_cell(cfg, cell)
+            evaluate_cell(cfg, cell)        # first finish_cell: collapse.json and the fp16 teacher
     mark_done(cell, summary)
     return cell_summary(cell)
