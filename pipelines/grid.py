@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -122,11 +121,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _stop(signum: int, _frame) -> None:
-    """SIGTERM / SIGHUP -> KeyboardInterrupt, on which run_cells cancels the submitted cells."""
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
@@ -138,8 +132,6 @@ def main(argv: list[str] | None = None) -> None:
         check_grid(params)
     except (ValueError, FileNotFoundError) as e:
         ap.error(str(e))
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _stop)
     table = run_grid(params)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,10 @@
 """run_cells: every cell out through one executor, never waiting forever; outcomes in order."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import time
 import typing as tp
 from pathlib import Path
@@ -61,11 +64,12 @@ def run_cells(
     stale = float(stale_s if stale_s is not None else cfg.stale_s)
     if not args_list:
         return []
-    if cfg.executor == "debug":
-        outcomes = run_debug(fn, args_list, cfg, folder, name, on_submit, all_tasks, checkpointable, note)
-    else:
-        outcomes = _run_pool(fn, args_list, cfg, folder, name, poll, stale, checkpointable,
-                             all_tasks, on_submit, max_wait_s, note)
+    with stop_on_signals():
+        if cfg.executor == "debug":
+            outcomes = run_debug(fn, args_list, cfg, folder, name, on_submit, all_tasks, checkpointable, note)
+        else:
+            outcomes = _run_pool(fn, args_list, cfg, folder, name, poll, stale, checkpointable,
+                                 all_tasks, on_submit, max_wait_s, note)
     failures = [o for o in outcomes if isinstance(o, CellFailed)]
     if failures:
         log.error("[%s] %d/%d cells failed:\n%s", name, len(failures), len(outcomes),
@@ -74,6 +78,25 @@ def run_cells(
         if raise_on_failure:
             raise RuntimeError(f"{len(failures)}/{len(outcomes)} cells failed; first: {failures[0]}")
     return outcomes
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> tp.Iterator[None]:
+    """While cells run, SIGTERM / SIGHUP raise KeyboardInterrupt in the driver, on which the submitted
+    cells are cancelled (a stopped grid, budget or tune driver leaves no cell training). Only the main
+    thread can install handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _submit_slurm_array(ex, calls, cfg: LaunchConfig) -> tp.List[tp.Any]:
