@@ -60,8 +60,7 @@ def row_result(protocol: dict, study: dict, row: dict, seeds: pd.DataFrame) -> R
     column = COLUMN[study_metric(protocol, sname)]
     a, b = values(seeds, sname, name, column), values(seeds, sname, default, column)
     test = row_test(protocol, study, row)
-    target = len(row_seeds(protocol, study, row)) if "seeds" in protocol else len(a)
-    r = Result(test, len(a), target, *mean_std(a))
+    r = Result(test, len(a), len(row_seeds(protocol, study, row)), *mean_std(a))
     if name == default:
         r.test, r.verdict = "none", "reference"
         return r
