@@ -112,11 +112,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="train nothing: record the candidates whose cells have all finished")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = choose(load_all(args.params), train=not args.no_train)
-    atomic_write_json(out, result)
-    log.info("learning budget: %s epochs (%s)", result["chosen_epochs"], out)
+    log.info("learning budget: %s epochs (%s)", result["chosen_epochs"], atomic_write_json(args.out, result))
 
 
 if __name__ == "__main__":

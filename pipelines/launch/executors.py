@@ -2,10 +2,13 @@
 distributed environment inside a job."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
 import shutil
+import signal
+import threading
 import typing as tp
 from pathlib import Path
 
@@ -169,3 +172,22 @@ def distributed_env() -> tp.Dict[str, str]:
     defaults = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "RANK": "0", "WORLD_SIZE": "1",
                 "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": os.environ.get("WORLD_SIZE", "1")}
     return {k: os.environ.get(k, defaults[k]) for k in _DIST_KEYS}
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> tp.Iterator[None]:
+    """While cells run, SIGTERM / SIGHUP raise KeyboardInterrupt in the driver, on which the submitted
+    cells are cancelled (a stopped grid, budget or tune driver leaves no cell training). Only the main
+    thread can install handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

@@ -1,17 +1,14 @@
 """run_cells: every cell out through one executor, never waiting forever; outcomes in order."""
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
-import threading
 import time
 import typing as tp
 from pathlib import Path
 
 
 from .config import LaunchConfig
-from .executors import CellFailed, local_parallelism, make_executor, Resumable, SubmissionError
+from .executors import CellFailed, local_parallelism, make_executor, Resumable, stop_on_signals, SubmissionError
 from .jobs import (FINAL_STATES, HOPELESS_REASONS, Bound, cancel, JobCell, collect, failure_from_job,
                    has_results, log_progress, run_debug, squeue_states)
 
@@ -78,25 +75,6 @@ def run_cells(
         if raise_on_failure:
             raise RuntimeError(f"{len(failures)}/{len(outcomes)} cells failed; first: {failures[0]}")
     return outcomes
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> tp.Iterator[None]:
-    """While cells run, SIGTERM / SIGHUP raise KeyboardInterrupt in the driver, on which the submitted
-    cells are cancelled (a stopped grid, budget or tune driver leaves no cell training). Only the main
-    thread can install handlers; elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, _frame) -> None:
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 def _submit_slurm_array(ex, calls, cfg: LaunchConfig) -> tp.List[tp.Any]:

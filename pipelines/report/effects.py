@@ -14,8 +14,8 @@ JACCARD = "jaccard_best_head"
 
 def _target(protocol: dict, studies: dict, study: str, rows: list[str]) -> int:
     s = studies.get(study)
-    if s is None:
-        return 3
+    if s is None:   # no study file: the seeds every row gets
+        return len(protocol["seeds"]["base"])
     return min(len(row_seeds(protocol, s, next(r for r in s["rows"] if r["name"] == n))) for n in rows)
 
 
@@ -61,9 +61,10 @@ def _cost(spec: dict, cost: dict | None) -> Result:
     return r
 
 
-def _attention(protocol: dict, spec: dict, seeds: pd.DataFrame) -> Result:
+def _attention(protocol: dict, spec: dict, seeds: pd.DataFrame, studies: dict) -> Result:
     vals = [values(seeds, spec["study"], name, JACCARD) for name in spec["rows"]]
-    r = Result("attention", min(len(v) for v in vals), 3, *mean_std(vals[0]))
+    r = Result("attention", min(len(v) for v in vals), _target(protocol, studies, spec["study"], spec["rows"]),
+               *mean_std(vals[0]))
     ps = [p_direction(a, b, +1) for a, b in zip(vals, vals[1:])]
     r.p = NAN if any(p != p for p in ps) else max(ps)
     r.detail = "; ".join(f"{n} {fmt_mean_std(*mean_std(v), len(v))}" for n, v in zip(spec["rows"], vals)) \
@@ -78,7 +79,8 @@ def effect_results(protocol: dict, seeds: pd.DataFrame, studies: dict, cost: dic
         if test == "collapse":
             study = studies.get(spec["study"])
             row = next((x for x in (study or {}).get("rows", []) if x["name"] == spec["rows"][0]), None)
-            r = row_result(protocol, study, row, seeds) if row else Result("collapse", 0, 3)
+            r = (row_result(protocol, study, row, seeds) if row
+                 else Result("collapse", 0, _target(protocol, studies, spec["study"], spec["rows"])))
         elif test in ("direction", "equivalence"):
             r = _pair(protocol, spec, seeds, studies, test)
         elif test == "entropy":
@@ -86,7 +88,7 @@ def effect_results(protocol: dict, seeds: pd.DataFrame, studies: dict, cost: dic
         elif test == "cost":
             r = _cost(spec, cost)
         else:
-            r = _attention(protocol, spec, seeds)
+            r = _attention(protocol, spec, seeds, studies)
         out.append(r)
     decide(out, protocol["alpha"])
     return out
