@@ -4,8 +4,9 @@ The paper trains in fp16 mixed precision on GPUs. On CPUs the speed of bf16 diff
 machine in ways the CPU flags do not predict (bf16 matmuls ran ~50x slower than fp32 on an AVX2
 EPYC, 2x slower on a Xeon with AVX512-BF16, 5.6x faster on an EPYC with AVX512-BF16), so ``auto``
 measures: a probe times the model's own matmul shapes in fp32 and bf16 and takes bf16 where it is
-at least ``BF16_MIN_SPEEDUP`` times faster. The result is cached per machine, torch version and
-shapes, so every run on a machine resolves the same way.
+at least ``BF16_MIN_SPEEDUP`` times faster. The result is cached per machine, torch version, the
+instruction sets torch and oneDNN may use (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``) and shapes,
+so every run on a machine resolves the same way.
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from .checkpoint import atomic_write_json
 
 BF16_MIN_SPEEDUP = 1.2   # "clearly faster": a smaller gain is within the probe's run-to-run noise
 PROBE_REPEATS = 5        # best of 5 passes over the shapes per format
+# caps on the instruction sets the kernels use (ci/cpu_classes.sh runs a CPU class's code paths
+# on another CPU with them); a capped run is another machine for the cache
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,7 +68,8 @@ def probe_bf16(shapes: list[tuple[int, int, int]]) -> dict:
 def _cache_file(shapes: list[tuple[int, int, int]]) -> Path:
     cpu = next((ln.split(":", 1)[1].strip() for ln in _cpuinfo().splitlines() if ln.startswith("model name")),
                platform.processor())
-    key = json.dumps([cpu, torch.__version__, torch.get_num_threads(), shapes])
+    isa = [torch.backends.cpu.get_cpu_capability()] + [os.environ.get(v, "") for v in ISA_CAPS]
+    key = json.dumps([cpu, torch.__version__, torch.get_num_threads(), shapes] + ([isa] if any(isa[1:]) else []))
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dino-repro"
     return root / f"precision-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
