@@ -48,6 +48,8 @@ COMMANDS = {
     "grid": Command("grid", "every cell of every study x seed (DVC stage pretrain); writes results/grid.csv", True),
     "budget": Command("budget", "the learning budget by ablations/protocol.yaml's rule, on the select split "
                       "(writes results/budget.json)", True),
+    "precision": Command("precision", "the default row in fp32 and in bf16 (protocol seeds) and their TOST "
+                         "(writes results/precision.json)", True),
     "eval": Command("evaluate", "collect the cells' evaluation, baselines, attention maps (DVC stage evaluate)", True),
     "cost": Command("cost", "Table 8 time and memory per step, one row at a time (DVC stage cost)", True),
     "tune": Command("tune", "optuna search of the temperatures on your data (DVC stage tune)", True),
