@@ -115,6 +115,7 @@ class TrainConfig:
     device: str = spec(choices=("auto", "cpu", "cuda"))
     log_every: int = spec(1, INF)          # steps between progress lines
     objective: str = spec(choices=("dino", "supervised", "none"))   # none: the ViT at its initialisation
+    compile: bool = spec()                 # torch.compile student and teacher (fused kernels; same math)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class EvalConfig:
 # value, so cells trained before the key existed keep their identity. params.yaml must give them.
 LATER_KEYS: dict[tuple[str, str], Any] = {("crops", "rotation"): 0, ("crops", "backend"): "pil",
                                           ("data", "num_test"): 0, ("data", "test_skip"): 0,
-                                          ("train", "objective"): "dino"}
+                                          ("train", "objective"): "dino", ("train", "compile"): False}
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,7 @@
 """Self-distillation with no labels: the training loop (Algorithm 1 of the paper).
 
-One step: teacher on the 2 global views, student on all views, DINO loss, backward,
-per-parameter gradient clipping, last-layer freezing, optimiser step, teacher update.
-Schedules (lr, wd, momentum) are per-step arrays; tau_t is per epoch.
+setup builds the Run (networks, teacher, loss, optimiser, schedules, loader); the step itself is
+dino_core/step.py. Schedules (lr, wd, momentum) are per-step arrays; tau_t is per epoch.
 """
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,35 +19,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from . import distributed as D
 from .checkpoint import atomic_write_json, load_checkpoint, save_checkpoint, truncate_log
 from .config import Config, save_config
-from .device import autocast, resolve_device, resolve_precision
-from .head import MultiCropWrapper
-from .loss import DINOLoss
+from .device import resolve_device, resolve_precision
 from .monitor import CollapseMonitor, read_log
 from .multicrop import MultiCropAugmentation, MultiCropDataset
 from .networks import build_loss, build_network, model_shapes
-from .optim import Schedules, build_optimizer, cancel_last_layer_grads, clip_gradients, peak_memory_mb
+from .optim import Schedules, build_optimizer, peak_memory_mb
+from .step import Run, run_step_checked
 from .teacher import Teacher
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Run:
-    """Everything the step needs, built once."""
-    cfg: Config
-    device: torch.device
-    student: nn.Module            # DDP-wrapped when distributed
-    student_mod: MultiCropWrapper
-    teacher_net: MultiCropWrapper
-    teacher: Teacher
-    loss: DINOLoss
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    precision: str
-    precision_probe: dict          # how `precision` was decided (device.resolve_precision)
-    sched: Schedules
-    loader: DataLoader
-    last_finite_loss: float = float("nan")   # carried across epochs for the divergence message
 
 
 def setup(cfg: Config, dataset: Dataset, mean, std) -> Run:
@@ -62,6 +40,10 @@ def setup(cfg: Config, dataset: Dataset, mean, std) -> Run:
         # so under gloo each process normalises over its own batch (docs/deviations.md)
         student_mod = nn.SyncBatchNorm.convert_sync_batchnorm(student_mod)
         teacher_net = nn.SyncBatchNorm.convert_sync_batchnorm(teacher_net)
+    if cfg.train.compile:
+        # in place: the modules keep their parameters and state_dict keys (checkpoints, EMA, evaluation)
+        student_mod.compile()
+        teacher_net.compile()
     teacher = Teacher(teacher_net, student_mod, cfg.teacher.variant)
     student = student_mod
     if torch.distributed.is_initialized():
@@ -85,30 +67,6 @@ def setup(cfg: Config, dataset: Dataset, mean, std) -> Run:
     sched = Schedules.build(cfg, len(loader), D.world_size())
     return Run(cfg, device, student, student_mod, teacher_net, teacher, build_loss(cfg).to(device),
                optimizer, scaler, precision, probe, sched, loader)
-
-
-def train_step(run: Run, crops: list[torch.Tensor], it: int, epoch: int) -> tuple[torch.Tensor, dict]:
-    cfg, opt = run.cfg, run.optimizer
-    run.sched.apply(opt, it)
-    with autocast(run.device, run.precision):
-        with torch.no_grad():
-            t_out = run.teacher_net(crops[:2])
-        s_out = run.student(crops)
-    loss, stats = run.loss(s_out, t_out, epoch)
-    opt.zero_grad(set_to_none=True)
-    (run.scaler.scale(loss) if run.scaler else loss).backward()
-    if run.scaler:
-        run.scaler.unscale_(opt)
-    clip_gradients(run.student_mod, cfg.optim.clip_grad)
-    cancel_last_layer_grads(run.student_mod, epoch, cfg.head.freeze_last_layer)
-    run.teacher.before_step()
-    if run.scaler:
-        run.scaler.step(opt)
-        run.scaler.update()
-    else:
-        opt.step()
-    run.teacher.after_step(float(run.sched.momentum[it]))
-    return loss.detach(), stats
 
 
 def train_one_epoch(run: Run, epoch: int, t0: float, start_epoch: int) -> dict:
@@ -140,14 +98,6 @@ def train_one_epoch(run: Run, epoch: int, t0: float, start_epoch: int) -> dict:
                  momentum=float(run.sched.momentum[it_last]),
                  teacher_temp=float(run.loss.teacher_temps[epoch]))
     return means
-
-
-def run_step_checked(run: Run, crops, it: int, epoch: int):
-    loss, stats = train_step(run, crops, it, epoch)
-    finite = torch.isfinite(loss).float().reshape(1)
-    if float(D.all_reduce_sum(finite)) < D.world_size():   # every process stops together
-        return None, None
-    return loss, stats
 
 
 def train(cfg: Config, out_dir: str | Path, dataset: Dataset, mean, std,

@@ -12,7 +12,7 @@ import struct
 import numpy as np
 import torch
 
-from dino_core.train import train_step
+from dino_core.step import train_step
 from helpers import tiny_config
 from pipelines.bench import bench_data_step, count_flops, main, make_run, random_crops, table
 from pipelines.bench.flops import matmul_peak

@@ -25,7 +25,8 @@ from dino_core.optim import Schedules, cancel_last_layer_grads, clip_gradients, 
 from dino_core.schedules import cosine_schedule, lr_base, teacher_temp_schedule
 from dino_core.teacher import Teacher
 from dino_core.networks import build_network
-from dino_core.train import setup, train, train_step
+from dino_core.step import train_step
+from dino_core.train import setup, train
 from dino_core.vit import build_vit
 
 LN2, LN3 = math.log(2.0), math.log(3.0)

@@ -17,7 +17,7 @@ from helpers import PARAMS
 from dino_core.config import Config
 from dino_core.data.shapes import prepare_shapes
 from dino_core.device import BF16_MIN_SPEEDUP, cpu_precision, matmul_shapes, probe_bf16, resolve_precision
-from dino_core.train import train_step
+from dino_core.step import train_step
 from pipelines import bench
 from pipelines.cost import measure_costs
 

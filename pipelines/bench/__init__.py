@@ -7,7 +7,7 @@
     python -m pipelines.bench --configs tiny --steps 2 --no-knn --no-data      # smoke test
     python -m pipelines.bench --configs cell,cpu-toy --precisions fp32,bf16 --no-knn   # distance to peak
 
-Training step: the full step of ``dino_core.train.train_step`` (teacher forward on the 2 global crops,
+Training step: the full step of ``dino_core.step.train_step`` (teacher forward on the 2 global crops,
 student forward/backward on all crops, DINO loss, per-parameter clipping, fused AdamW, foreach EMA)
 on random crop tensors, the Run built by ``dino_core.train.setup`` from params.yaml merged with the
 config's diff. Warm-up steps are excluded; the figure is the median of ``--steps`` steps.

@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.bench", description=bench_doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default="cpu-toy", help=f"comma list of {', '.join(CONFIGS)}")
-    p.add_argument("--precisions", default="fp32", help="comma list of fp32, bf16, fp16, auto")
+    p.add_argument("--precisions", default="auto",
+                   help="comma list of auto (what a run resolves: train.precision), fp32, bf16, fp16")
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from dino_core.config import Config
-from dino_core.train import Run, train_step
+from dino_core.step import Run, train_step
 from .flops import count_flops, distance_to_peak, matmul_peak
 from .measuring import PeakMemory, sync, time_calls
 from .official_model import _ODINOHead, _ODINOLoss, _OMultiCropWrapper, _OViT

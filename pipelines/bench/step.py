@@ -1,14 +1,14 @@
-"""Our DINO training step on random crops (dino_core.train.setup and train_step)."""
+"""Our DINO training step on random crops (dino_core.train.setup, dino_core.step.train_step)."""
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import torch
 from torch import Tensor
 
 from dino_core.config import Config
-from dino_core.train import Run, setup, train_step
+from dino_core.step import Run, train_step
+from dino_core.train import setup
 from .flops import count_flops, distance_to_peak, matmul_peak
 from .measuring import PeakMemory, sync, time_calls
 
@@ -52,8 +52,8 @@ def bench_step(cfg: Config, warmup: int, steps: int, compile: bool = False, peak
     it, epoch = timed_epoch(cfg)
     out = {"precision": run.precision, "compile": compile}
     out.update(count_flops(lambda: float(train_step(run, crops, it, epoch)[0])))   # also a warm-up step
-    if compile:
-        run = dataclasses.replace(run, student=torch.compile(run.student), teacher_net=torch.compile(run.teacher_net))
+    if compile:   # train.compile, as a run sets it: the same weights and crops, compiled in place
+        run = make_run(cfg.replace("train", compile=True))
         t0 = time.perf_counter()
         float(train_step(run, crops, it, epoch)[0])   # compiles forward + backward graphs
         sync(run.device)

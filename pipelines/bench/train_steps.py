@@ -15,7 +15,8 @@ import torch
 
 from dino_core.config import Config
 from dino_core.data.registry import NORMALIZATION
-from dino_core.train import Run, setup, train_step
+from dino_core.step import Run, train_step
+from dino_core.train import setup
 from .measuring import PeakMemory
 
 
