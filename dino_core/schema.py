@@ -13,6 +13,7 @@ Every error names the file, the key, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import re
 import types
 import typing
@@ -24,7 +25,8 @@ INF = float("inf")
 NAME = (r"[A-Za-z0-9_.\-]+", "a name of [A-Za-z0-9_.-]")
 NON_EMPTY = (r"(?s).*\S.*", "a non-empty string")
 
-_TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+_TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null",
+               datetime.date: "a date"}
 _YAML_EXPONENT = re.compile(r"[+-]?\d+[eE][+-]?\d+")   # YAML 1.1 reads 1e-4 (no dot) as a string
 
 
@@ -67,7 +69,8 @@ def check(key: str, value: Any, typ: Any, meta: dict) -> Any:
         arms = typing.get_args(typ)
         typ = next((a for a in arms if _matches(value, a)), None)
         if typ is None:
-            raise ValueError(f"{key}: expected {' or '.join(_type_name(a) for a in arms)}, got {value!r}")
+            *most, last = [_type_name(a) for a in arms]
+            raise ValueError(f"{key}: expected {', '.join(most)} or {last}, got {value!r}")
     elif not _matches(value, typ):
         raise ValueError(f"{key}: expected {_type_name(typ)}, got {value!r}")
     if value is None or typ is Any:
