@@ -101,8 +101,10 @@ def _matches(value: Any, typ: Any) -> bool:
         return isinstance(value, dict)
     if typing.get_origin(typ) is tuple:
         return isinstance(value, (list, tuple))
-    if typ is type(None) or typ is bool:
-        return value is None if typ is type(None) else isinstance(value, bool)
+    if typ is type(None):
+        return value is None
+    if typ is bool:
+        return isinstance(value, bool)
     if isinstance(value, bool):
         return False
     if typ is float:
