@@ -343,7 +343,7 @@ def test_diverged_trial_is_recorded_with_a_low_value(tmp_path, shapes_root, monk
 
 def test_local_worker_follows_omp_num_threads(tmp_path, shapes_root, monkeypatch):
     """One local worker process beside other jobs: OMP_NUM_THREADS=1 is the trial's torch thread
-    count (the worker used to take every core of the machine, overriding it)."""
+    count (the worker must not take every core of the machine over it)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     path = write_params(tmp_path, shapes_root, space=write_space(tmp_path, TEMPS), n_trials=1, epochs=1)
     res = run(path, tmp_path, executor="local", max_parallel=1, poll_s=0.5)
