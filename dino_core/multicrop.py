@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .augmentation import augment_view
-from .config import CropsConfig
+from .sections import CropsConfig
 
 BICUBIC = TF.InterpolationMode.BICUBIC
 BILINEAR = TF.InterpolationMode.BILINEAR

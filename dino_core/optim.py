@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import Config, OptimConfig
+from .config import Config
 from .schedules import cosine_schedule, lr_base
+from .sections import OptimConfig
 
 
 def param_groups(model: nn.Module) -> list[dict]:

@@ -34,7 +34,8 @@ from dino_core.networks import build_loss, build_network
 from dino_core.train import train
 
 from .lock import cell_lock
-from .store import (COLLAPSE, TEACHER, cell_summary, check_same_config, eval_failure_recorded, eval_key, is_done,
+from .run_folder import check_same_config
+from .store import (COLLAPSE, TEACHER, cell_summary, eval_failure_recorded, eval_key, is_done,
                     mark_done, needs_eval, read_teacher, training_status, write_teacher)
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def finish_cell(cfg: Config, cell: Path, sets: EvalSets | None = None) -> None:
 def run_cell(cell_dir: str, params: dict) -> dict:
     """Train + evaluate one cell; returns its summary (store.cell_summary). Safe to call again:
     a finished cell is reused, re-evaluated if its evaluation is stale, an unfinished one resumes.
-    A folder holding a run of another training config is refused (store.RunMismatch); rank 0
+    A folder holding a run of another training config is refused (run_folder.RunMismatch); rank 0
     holds the cell's lock (lock.cell_lock) throughout, waiting while another process trains it."""
     cell, cfg = Path(cell_dir), Config.from_dict(params)
     check_same_config(cell, cfg)

@@ -95,7 +95,7 @@ def check_out_folder(out: Path, cfg: Config, restart: bool, world_size: int) -> 
     """--out can hold this run: not a file, not another config's run (unless restart), not being
     trained by another process. ValueError naming the path and what is allowed."""
     from .lock import holder
-    from .store import check_same_config
+    from .run_folder import check_same_config
 
     for p in (out, *out.parents):
         if p.exists() and not p.is_dir():
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         ap.error(str(e))
     if args.restart and args.out.is_dir():
-        from .store import start_over
+        from .run_folder import start_over
         log.info("--restart: deleted %s from %s", start_over(args.out) or "nothing", args.out)
     from .ddp_entry import train_cell_ddp   # torch is imported only once the arguments are valid
 

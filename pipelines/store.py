@@ -6,10 +6,11 @@ collapse.json (the collapse metrics of teacher and student at the end of trainin
 and atomically: a cell without DONE is unfinished, it resumes from its checkpoint and is never read
 as finished) and eval.json (the evaluation of teacher_backbone.pth, with the `eval_key` it was
 computed under). A finished cell without checkpoint.pth (a clone of the repository, which keeps
-every file but the checkpoint) is complete: it re-evaluates from teacher_backbone.pth. Identical cells of different studies share one directory
-and run once. The hash covers what changes the trained weights only: launcher settings, the
-`eval` section and the val-set size are left out, so moving to a cluster keeps a cell's identity
-and a change of the evaluation re-evaluates finished cells instead of re-training them.
+every file but the checkpoint) is complete: it re-evaluates from teacher_backbone.pth. Identical
+cells of different studies share one directory and run once. The hash covers what changes the
+trained weights only: launcher settings, the `eval` section and the val-set size are left out, so
+moving to a cluster keeps a cell's identity and a change of the evaluation re-evaluates finished
+cells instead of re-training them. A folder is bound to its run's training config by run_folder.py.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-import yaml
 
 from dino_core.checkpoint import atomic_write, atomic_write_json, atomic_write_text
 from dino_core.config import LATER_KEYS, Config
@@ -63,43 +63,6 @@ def training_part(cfg: Config) -> dict:
 def cell_hash(cfg: Config) -> str:
     """sha256 of the canonical JSON of training_part (the seed is train.seed), 16 hex."""
     return _digest(training_part(cfg))
-
-
-class RunMismatch(ValueError):
-    """A run folder already holds (part of) a run of another training config."""
-
-
-RUN_FILES = ("config.yaml", "log.jsonl", "checkpoint.pth", "metrics.json", COLLAPSE, TEACHER, "eval.json", DONE)
-
-
-def config_differences(old: Config, new: Config) -> list[str]:
-    """``section.key: old -> new`` for every training key whose value differs."""
-    a, b = training_part(old), training_part(new)
-    keys = sorted({(s, k) for d in (a, b) for s in d for k in d[s]})
-    return [f"{s}.{k}: {a[s].get(k)!r} -> {b[s].get(k)!r}" for s, k in keys if a[s].get(k) != b[s].get(k)]
-
-
-def check_same_config(path: Path, cfg: Config) -> None:
-    """Refuse to continue or reuse the run in `path` under another training config: resuming
-    would mix two configs in one set of weights, reusing would label the old result as the new
-    one. A folder without config.yaml holds no run yet."""
-    stored = Path(path) / "config.yaml"
-    if not stored.is_file():
-        return
-    old = Config.from_stored(yaml.safe_load(stored.read_text()), source=str(stored))
-    diffs = config_differences(old, cfg)
-    if diffs:
-        raise RunMismatch(f"{path}: holds a run of another config ({len(diffs)} key(s) differ: "
-                          f"{'; '.join(diffs)}); continue it with its own values, pick another --out, "
-                          f"or pass --restart to delete its files and start over")
-
-
-def start_over(path: Path) -> list[str]:
-    """Delete the run files of `path` (RUN_FILES only, nothing else in the folder); their names."""
-    gone = [name for name in RUN_FILES if (Path(path) / name).is_file()]
-    for name in gone:
-        (Path(path) / name).unlink()
-    return gone
 
 
 def eval_key(cfg: Config) -> str:

@@ -260,7 +260,7 @@ def test_cross_field_checks_skip_what_is_not_built():
 
 def test_a_run_folder_is_bound_to_its_training_config(tmp_path):
     from dino_core.config import save_config
-    from pipelines.store import RunMismatch, check_same_config, config_differences
+    from pipelines.run_folder import RunMismatch, check_same_config, config_differences
     cfg = tiny_config()
     check_same_config(tmp_path, cfg)              # no config.yaml: no run yet
     save_config(cfg, tmp_path / "config.yaml")

@@ -12,7 +12,7 @@ import torch
 from helpers import PARAMS, tiny_config
 from torch.utils.data import DataLoader, TensorDataset
 
-from dino_core.config import Config, EvalConfig
+from dino_core.config import Config
 from dino_core.data.registry import NORMALIZATION, build_dataset
 from dino_core.data.shapes import prepare_shapes
 from dino_core.evaluate import (attention_jaccard, backbone_state_dict, collapse_metrics, collapse_verdict,
@@ -23,6 +23,7 @@ from dino_core.evaluate import (attention_jaccard, backbone_state_dict, collapse
                                 sweep_linear, train_linear, upsample_mask)
 from dino_core.head import DINOHead, MultiCropWrapper
 from dino_core.networks import build_network
+from dino_core.sections import EvalConfig
 from dino_core.train import train
 from dino_core.vit import build_vit
 from pipelines.baselines import random_init

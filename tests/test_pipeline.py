@@ -303,7 +303,7 @@ def shapes16(tmp_path_factory) -> Path:
 def test_grid_cell_folder_of_another_config_is_refused(tmp_path, shapes16, one_thread):
     from dino_core.config import Config, save_config
     from pipelines.cell import run_cell
-    from pipelines.store import RunMismatch
+    from pipelines.run_folder import RunMismatch
     params = _cell_params(shapes16)
     cell = tmp_path / "cell"
     cell.mkdir()

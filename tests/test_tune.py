@@ -241,7 +241,7 @@ BAD_SPACES = {
                             r"value 20.0 is not allowed for loss.teacher_temp"),
     "float_for_int_key": ("params:\n  - {name: warmup_teacher_temp_epochs, type: float, low: 0, high: 2}\n",
                           r"is an integer in params.yaml"),
-    "no_params": ("params: []\n", r"params must be a non-empty list"),
+    "no_params": ("params: []\n", r"params: expected at least one value, got an empty list"),
     "duplicate": ("params:\n  - {name: teacher_temp, low: 0.02, high: 0.1}\n"
                   "  - {name: t2, key: loss.teacher_temp, low: 0.02, high: 0.1}\n",
                   r"searched by several entries"),
@@ -260,10 +260,10 @@ def test_bad_space_fails_before_any_trial(tmp_path, shapes_root, case):
 
 
 @pytest.mark.parametrize("over, msg", [
-    ({"n_trials": 0}, r"tune.n_trials = 0 is not allowed"),
-    ({"pruner": "hyperband"}, r"tune.pruner = 'hyperband' is not allowed \(allowed: median \| none\)"),
-    ({"split": "test"}, r"tune.split = 'test'"),
-    ({"n_workers": "2"}, r"tune.n_workers = '2'"),
+    ({"n_trials": 0}, r"params.yaml:tune.n_trials: 0 is out of range \[1, inf\]"),
+    ({"pruner": "hyperband"}, r"tune.pruner: 'hyperband' is not allowed; allowed: \['median', 'none'\]"),
+    ({"split": "test"}, r"tune.split: 'test' is not allowed; allowed: \['val', 'holdout'\]"),
+    ({"n_workers": "2"}, r"tune.n_workers: expected an integer, got '2'"),
 ])
 def test_bad_tune_settings_fail_before_any_trial(tmp_path, shapes_root, over, msg):
     path = write_params(tmp_path, shapes_root, **over)
@@ -343,7 +343,7 @@ def test_diverged_trial_is_recorded_with_a_low_value(tmp_path, shapes_root, monk
 
 def test_local_worker_follows_omp_num_threads(tmp_path, shapes_root, monkeypatch):
     """One local worker process beside other jobs: OMP_NUM_THREADS=1 is the trial's torch thread
-    count (the worker used to take every core of the machine, overriding it)."""
+    count (the worker must not take every core of the machine over it)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     path = write_params(tmp_path, shapes_root, space=write_space(tmp_path, TEMPS), n_trials=1, epochs=1)
     res = run(path, tmp_path, executor="local", max_parallel=1, poll_s=0.5)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..checkpoint import atomic_write_json
-from ..config import EvalConfig
+from ..sections import EvalConfig
 from ..vit import ARCHS, VisionTransformer, build_vit
 from .collapse import collapse_verdict
 from .protocol import EvalSets, evaluate_backbone

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import DataConfig, EvalConfig
+from ..sections import DataConfig, EvalConfig
 from ..data.registry import build_dataset, eval_transform, spec
 from .attention import attention_jaccard
 from .collapse import feature_metrics

@@ -30,7 +30,8 @@ Public API
 configured executor and reports whether the cluster works.
 
 Modules: config (launch.yaml -> LaunchConfig), executors (make_executor, Resumable,
-distributed_env), jobs (squeue polling, outcomes), run (run_cells), probes (check).
+distributed_env), jobs (cells, outcomes, cancellation), squeue (SLURM job states), poll (one
+check of the running jobs), run (run_cells), probes (check).
 """
 from __future__ import annotations
 

@@ -1,16 +1,23 @@
-"""launch.yaml -> a frozen, validated LaunchConfig (errors name the key, the value and what is allowed)."""
+"""launch.yaml -> a frozen, validated LaunchConfig.
+
+Every key, its type and what is allowed are declared on the dataclasses below and checked by
+dino_core.schema (errors name the file, the key, the value and what is allowed); the extra sbatch
+options are checked here against what submitit sets itself.
+"""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
-import math
 import os
 import re
 import typing as tp
 from pathlib import Path
 
 import yaml
+
+from dino_core.schema import INF, NAME, NON_EMPTY, build, key_of, spec
 
 log = logging.getLogger(__name__)
 
@@ -19,37 +26,39 @@ DEFAULT_LAUNCH_YAML = REPO_ROOT / "launch.yaml"
 
 EXECUTORS = ("debug", "local", "slurm")
 
-
 # sbatch options that submitit itself sets: overriding them breaks result collection.
-_RESERVED_SBATCH = frozenset({"array", "output", "error", "signal", "open-mode", "open_mode"})
+RESERVED_SBATCH = frozenset({"array", "output", "error", "signal", "open-mode", "open_mode"})
+SBATCH_NAME = re.compile(r"[a-z][a-z0-9_\-]*")
+# The value of an extra sbatch option; YAML reads 2024-01-01 (e.g. for --begin) as a date.
+Scalar = tp.Union[str, bool, int, float, datetime.date]
 
 
 @dataclasses.dataclass(frozen=True)
 class LocalSettings:
     """Settings of the ``local`` executor (processes on this machine)."""
 
-    timeout_min: int = 1440  # submitit kills local jobs after 2 min unless this is set
-    tasks_per_node: int = 1  # >1: DDP processes on this machine (gloo on CPU)
-    gpus_per_node: int = 0  # GPUs made visible to each job (submitit hides GPUs otherwise)
+    timeout_min: int = spec(1, INF, default=1440)  # submitit kills local jobs after 2 min unless this is set
+    tasks_per_node: int = spec(1, INF, default=1)  # >1: DDP processes on this machine (gloo on CPU)
+    gpus_per_node: int = spec(0, INF, default=0)  # GPUs made visible to each job (submitit hides them otherwise)
 
 
 @dataclasses.dataclass(frozen=True)
 class SlurmSettings:
     """Settings of the ``slurm`` executor (sbatch through submitit)."""
 
-    partition: tp.Optional[str] = None  # None: the cluster's default partition
-    nodes: int = 1
-    gpus_per_node: int = 0
-    tasks_per_node: int = 1  # one task per GPU for DDP
-    cpus_per_task: int = 1
-    mem_gb: tp.Optional[float] = None  # None: no --mem (cluster default)
-    timeout_min: int = 60
-    signal_delay_s: int = 120  # USR2 this long before the time limit: checkpoint + requeue
-    array_parallelism: int = 256  # at most this many array tasks run at once
-    max_num_timeout: int = 3  # requeues after a timeout (pre-emptions do not count)
+    partition: tp.Optional[str] = spec(pattern=NAME, default=None)  # None: the cluster's default partition
+    nodes: int = spec(1, INF, default=1)
+    gpus_per_node: int = spec(0, INF, default=0)
+    tasks_per_node: int = spec(1, INF, default=1)  # one task per GPU for DDP
+    cpus_per_task: int = spec(1, INF, default=1)
+    mem_gb: tp.Optional[float] = spec(0, INF, open_lo=True, open_hi=True, default=None)  # None: no --mem
+    timeout_min: int = spec(1, INF, default=60)
+    signal_delay_s: int = spec(0, INF, default=120)  # USR2 this long before the time limit: checkpoint + requeue
+    array_parallelism: int = spec(1, INF, default=256)  # at most this many array tasks run at once
+    max_num_timeout: int = spec(0, INF, default=3)  # requeues after a timeout (pre-emptions do not count)
     # Extra sbatch options, e.g. {"qos": "high", "account": "proj"}: kept as sorted
     # (key, value) pairs so that the config stays hashable; use .sbatch_extra() for a dict.
-    additional_parameters: tp.Tuple[tp.Tuple[str, tp.Any], ...] = ()
+    additional_parameters: tp.Tuple[tp.Tuple[str, Scalar], ...] = spec(default=())
 
     def sbatch_extra(self) -> tp.Dict[str, tp.Any]:
         return dict(self.additional_parameters)
@@ -59,13 +68,15 @@ class SlurmSettings:
 class LaunchConfig:
     """Where and how cells run. Loaded from launch.yaml by :func:`load_launch_config`."""
 
-    executor: str = "local"
-    folder: str = "runs/submitit"  # submitit pickles and logs (relative: to the repo root)
-    max_parallel: int = 2  # local: cells at once (bounded by the CPU cores)
-    poll_s: float = 10.0  # seconds between checks of results / squeue
-    stale_s: float = 30.0  # a job gone from squeue this long without a result has failed
-    local: LocalSettings = LocalSettings()
-    slurm: SlurmSettings = SlurmSettings()
+    executor: str = spec(choices=EXECUTORS, default="local")
+    # submitit pickles and logs (relative: to the repo root)
+    folder: str = spec(pattern=NON_EMPTY, default="runs/submitit")
+    max_parallel: int = spec(1, INF, default=2)  # local: cells at once (bounded by the CPU cores)
+    poll_s: float = spec(0, INF, open_lo=True, open_hi=True, default=10.0)  # seconds between checks of results / squeue
+    # a job gone from squeue this long without a result has failed
+    stale_s: float = spec(0, INF, open_hi=True, default=30.0)
+    local: LocalSettings = spec(default=LocalSettings())
+    slurm: SlurmSettings = spec(default=SlurmSettings())
 
     def to_dict(self) -> tp.Dict[str, tp.Any]:
         out = dataclasses.asdict(self)
@@ -77,121 +88,31 @@ class LaunchConfig:
         return _from_dict(_apply_overrides(self.to_dict(), overrides), source="overrides")
 
 
-# Per field: (expected python types, predicate on the value, description of allowed values)
-_Rule = tp.Tuple[tp.Tuple[type, ...], tp.Callable[[tp.Any], bool], str]
-
-
-def _int_ge(n: int) -> _Rule:
-    return ((int,), lambda v: v >= n, f"integers >= {n}")
-
-
-def _num_gt(n: float) -> _Rule:
-    return ((int, float), lambda v: math.isfinite(v) and v > n, f"numbers > {n}")
-
-
-def _num_ge(n: float) -> _Rule:
-    return ((int, float), lambda v: math.isfinite(v) and v >= n, f"numbers >= {n}")
-
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-
-_TOP_RULES: tp.Dict[str, _Rule] = {
-    "executor": ((str,), lambda v: v in EXECUTORS, ", ".join(EXECUTORS)),
-    "folder": ((str,), lambda v: bool(v.strip()), "a non-empty path"),
-    "max_parallel": _int_ge(1),
-    "poll_s": _num_gt(0),
-    "stale_s": _num_ge(0),
-}
-_LOCAL_RULES: tp.Dict[str, _Rule] = {
-    "timeout_min": _int_ge(1),
-    "tasks_per_node": _int_ge(1),
-    "gpus_per_node": _int_ge(0),
-}
-_SLURM_RULES: tp.Dict[str, _Rule] = {
-    "partition": ((str, type(None)), lambda v: v is None or bool(_NAME_RE.match(v)),
-                  "null or a partition name ([A-Za-z0-9_.-]+)"),
-    "nodes": _int_ge(1),
-    "gpus_per_node": _int_ge(0),
-    "tasks_per_node": _int_ge(1),
-    "cpus_per_task": _int_ge(1),
-    "mem_gb": ((int, float, type(None)), lambda v: v is None or (math.isfinite(v) and v > 0),
-               "null or numbers > 0"),
-    "timeout_min": _int_ge(1),
-    "signal_delay_s": _int_ge(0),
-    "array_parallelism": _int_ge(1),
-    "max_num_timeout": _int_ge(0),
-    "additional_parameters": ((dict,), lambda v: True, "a mapping of sbatch options"),
-}
-
-
-def _type_name(types: tp.Tuple[type, ...]) -> str:
-    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
-
-
-def _check(source: str, key: str, value: tp.Any, rule: _Rule) -> tp.Any:
-    types, ok, allowed = rule
-    # bool is an int in Python; "true" for a count is a typo, not a number.
-    if isinstance(value, bool) or not isinstance(value, types):
-        raise ValueError(
-            f"{source}: {key} = {value!r} has type {type(value).__name__}, expected "
-            f"{_type_name(types)} (allowed values: {allowed})"
-        )
-    if not ok(value):
-        raise ValueError(f"{source}: {key} = {value!r} is not allowed (allowed values: {allowed})")
-    return value
-
-
-def _check_section(source: str, prefix: str, data: tp.Any, rules: tp.Dict[str, _Rule]) -> dict:
-    if not isinstance(data, dict):
-        raise ValueError(
-            f"{source}: {prefix.rstrip('.')} = {data!r} has type {type(data).__name__}, "
-            f"expected a mapping (allowed keys: {', '.join(sorted(rules))})"
-        )
-    unknown = sorted(set(data) - set(rules), key=str)
-    if unknown:
-        k = unknown[0]
-        raise ValueError(
-            f"{source}: unknown key {prefix}{k} (value {data[k]!r}); "
-            f"allowed keys: {', '.join(prefix + r for r in sorted(rules))}"
-        )
-    return {k: _check(source, prefix + k, v, rules[k]) for k, v in data.items()}
-
-
 def _from_dict(data: tp.Any, source: str = "launch config") -> LaunchConfig:
     if data is None:
         data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
-    sections = ("local", "slurm")
-    top = _check_section(source, "", {k: v for k, v in data.items() if k not in sections},
-                         {**_TOP_RULES, **{k: ((dict,), lambda v: True, "a mapping") for k in sections}})
-    local = _check_section(source, "local.", data.get("local") or {}, _LOCAL_RULES)
-    slurm = _check_section(source, "slurm.", data.get("slurm") or {}, _SLURM_RULES)
-
-    extra = slurm.get("additional_parameters", {}) or {}
-    for k, v in extra.items():
-        key = f"slurm.additional_parameters.{k}"
-        if not isinstance(k, str) or not re.match(r"^[a-z][a-z0-9_\-]*$", k):
-            raise ValueError(f"{source}: {key} is not a valid sbatch option name "
-                             "(allowed values: lower-case long option names such as qos, account)")
-        if k.replace("_", "-") in _RESERVED_SBATCH:
-            raise ValueError(f"{source}: {key} = {v!r} is set by submitit itself "
-                             f"(not allowed: {', '.join(sorted(_RESERVED_SBATCH))})")
-        if isinstance(v, (dict, list, tuple)) or v is None:
-            raise ValueError(f"{source}: {key} = {v!r} has type {type(v).__name__}, "
-                             "expected str, int, float or bool (allowed values: scalars)")
-    slurm["additional_parameters"] = tuple(sorted(extra.items()))
-    if "mem_gb" in slurm and isinstance(slurm["mem_gb"], int):
-        slurm["mem_gb"] = float(slurm["mem_gb"])
-    for k in ("poll_s", "stale_s"):
-        if k in top:
-            top[k] = float(top[k])
-    cfg = LaunchConfig(**top, local=LocalSettings(**local), slurm=SlurmSettings(**slurm))
+    if isinstance(data, dict):
+        # a section whose lines are all commented out reads as null in YAML: its defaults
+        data = {k: v for k, v in data.items() if not (k in ("local", "slurm") and v is None)}
+    cfg = build(LaunchConfig, data, source)
+    check_sbatch_options(cfg.slurm.additional_parameters, key_of(source, "slurm.additional_parameters"))
     s = cfg.slurm
     if s.gpus_per_node and s.tasks_per_node != s.gpus_per_node:
         log.warning("%s: slurm.tasks_per_node=%d differs from slurm.gpus_per_node=%d; DDP "
                     "expects one task per GPU", source, s.tasks_per_node, s.gpus_per_node)
     return cfg
+
+
+def check_sbatch_options(options: tp.Iterable[tp.Tuple[str, tp.Any]], where: str) -> None:
+    """Each extra sbatch option (name, value) at `where`: a long option name that submitit does not set."""
+    for k, v in options:
+        key = f"{where}.{k}"
+        if not SBATCH_NAME.fullmatch(k):
+            raise ValueError(f"{key}: {k!r} is not a valid sbatch option name; "
+                             "allowed: lower-case long option names such as qos, account")
+        if k.replace("_", "-") in RESERVED_SBATCH:
+            raise ValueError(f"{key} = {v!r} is set by submitit itself; "
+                             f"not allowed: {', '.join(sorted(RESERVED_SBATCH))}")
 
 
 def _apply_overrides(data: dict, overrides: tp.Optional[tp.Mapping[str, tp.Any]]) -> dict:

@@ -39,7 +39,8 @@ running), elapsed, ETA" when a trial finishes and at least once a minute (progre
 Threads: each worker runs torch with OMP_NUM_THREADS threads where it is set, else its share of
 the machine's cores (local) or the job's cpus_per_task (SLURM); trials.csv records torch_threads.
 
-Modules: settings, space, plan, study, objective, worker, outputs, progress, stage.
+Modules: settings, param (one searched parameter), space, plan, study, objective, worker, outputs,
+progress, stage.
 """
 from __future__ import annotations
 
