@@ -1,6 +1,6 @@
 """`dino`: one command for every stage of the suite, one override style (--set SECTION.KEY=VALUE).
 
-    dino grid --set profile=tiny                    # the ablation grid (DVC stage pretrain)
+    dino grid --set profile=tiny                    # the ablation grid (DVC stage grid)
     dino pretrain --out runs/single/a --set optim.lr=1e-3 --set train.epochs=50
     dino tune --set tune.n_trials=16 --set tune.n_workers=2
     dino params --set profile=paper                 # what a stage would read, resolved
@@ -25,10 +25,10 @@ from pathlib import Path
 import yaml
 
 from dino_core.checkpoint import atomic_write_text
-from dino_core.config import merge
 
-from .params import ROOT, apply_profile, load_all, resolve_profile
+from .params import ROOT, load_all
 from .pretrain import parse_override
+from .resolve import resolved_params, view
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Command:
 COMMANDS = {
     "prepare": Command("prepare", "check or generate the data set (DVC stage prepare)", True),
     "pretrain": Command("pretrain", "one run: pre-train + evaluate into --out (resumes; torchrun for DDP)", True),
-    "grid": Command("grid", "every cell of every study x seed (DVC stage pretrain); writes results/grid.csv", True),
+    "grid": Command("grid", "every cell of every study x seed (DVC stage grid); writes results/grid.csv", True),
     "budget": Command("budget", "the learning budget by ablations/protocol.yaml's rule, on the select split "
                       "(writes results/budget.json)", True),
     "precision": Command("precision", "the default row in fp32 and in bf16 (protocol seeds) and their TOST "
@@ -53,7 +53,8 @@ COMMANDS = {
     "eval": Command("evaluate", "collect the cells' evaluation, baselines, attention maps (DVC stage evaluate)", True),
     "cost": Command("cost", "Table 8 time and memory per step, one row at a time (DVC stage cost)", True),
     "tune": Command("tune", "optuna search of the temperatures on your data (DVC stage tune)", True),
-    "params": Command("cli", "print (or --out FILE write) the resolved parameters a stage reads", True),
+    "params": Command("resolve", "print (or --out FILE write) the resolved parameters a stage reads "
+                      "(DVC stage resolve)", True),
     "report": Command("report", "paper-style tables and plots from results/ (DVC stage report)", False),
     "bench": Command("bench", "time the training step, k-NN and data pipeline (writes results/bench.json)", False),
     "check": Command("launch.probes", "submit two probe cells with launch.yaml's executor", False, ("check",),
@@ -69,66 +70,6 @@ KNOBS = """The knobs a DINO run most often needs (the advice of the official cod
   --set optim.lr=0.0005            at batch 256; scaled linearly with the global batch
   --set profile=quick|tiny|paper   a diff in ablations/profiles/ (tiny: seconds, for smoke runs)
 A run that sits at ln K or at one prototype is named in the log after 3 epochs (docs/collapse-signal.md)."""
-
-
-def resolved_params(params_path: str | Path, overrides: list[str], root: Path = ROOT) -> dict:
-    """params.yaml with the --set values (pipeline sections and profile included), validated.
-
-    A value the profile also sets wins over the profile: the profile is then applied here and the
-    stage is handed the resolved values under the empty profile `default`. Raises ValueError
-    naming the key when it is unknown or its value invalid."""
-    params = load_all(params_path)
-    parsed = [parse_override(o) for o in overrides]
-    for parts, value in parsed:             # the profile first, as its diff decides what --set must beat
-        if parts == ["profile"]:
-            params = _set(params, parts, value, params_path)
-    others = [(parts, value) for parts, value in parsed if parts != ["profile"]]
-    for parts, value in others:
-        params = _set(params, parts, value, params_path)
-    name = params.get("profile", "default")
-    path = root / "ablations" / "profiles" / f"{name}.yaml"   # an unknown name: resolve_profile names it
-    diff = (yaml.safe_load(path.read_text()) or {}) if isinstance(name, str) and path.is_file() else {}
-    beaten = [".".join(parts) for parts, _ in others if _has(diff, parts)]
-    if beaten:
-        applied = apply_profile(params, root)
-        for parts, value in others:
-            applied = _set(applied, parts, value, params_path)
-        params = {**applied, "profile": "default"}
-        log.info("profile %s applied with --set %s over it; the stage reads the resolved values "
-                 "(profile default, the empty diff)", name, ", ".join(beaten))
-    resolve_profile(params, root)             # validates the core sections as the stage will read them
-    return params
-
-
-def _set(params: dict, parts: list[str], value: object, params_path: str | Path) -> dict:
-    try:
-        return merge(params, _nest(parts, value), str(params_path))
-    except ValueError as e:
-        raise ValueError(f"--set {'.'.join(parts)}={value!r}: {e}") from None
-
-
-def _has(d: dict, parts: list[str]) -> bool:
-    for p in parts:
-        if not isinstance(d, dict) or p not in d:
-            return False
-        d = d[p]
-    return True
-
-
-def _nest(parts: list[str], value: object) -> dict:
-    out: object = value
-    for p in reversed(parts):
-        out = {p: out}
-    return out  # type: ignore[return-value]
-
-
-def view(params: dict, profile: str, root: Path = ROOT) -> dict:
-    """What the stages compute with: the profile chosen, the core sections and `grid` with the profile
-    applied, and `tune` (the file DVC reads as the resolved parameters, see docs/dvc-views.md)."""
-    applied = apply_profile(params, root)
-    out = {"profile": profile, **resolve_profile(params, root)}
-    out.update({k: applied[k] for k in ("grid", "tune") if k in applied})
-    return out
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -49,7 +49,7 @@ def collect(table: pd.DataFrame, store: Path, params: dict[str, dict]) -> tuple[
             continue
         if needs_eval(path, Config.from_dict(params[r.cell])):
             raise SystemExit(f"cell {path}: its eval.json is missing or stale (eval section or EVAL_VERSION "
-                             "changed): run the pretrain stage, which re-evaluates finished cells")
+                             "changed): run the grid stage, which re-evaluates finished cells")
         log_df = pd.read_json(path / "log.jsonl", lines=True) if (path / "log.jsonl").stat().st_size else None
         extra = {}
         if log_df is not None and len(log_df):
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = default_config(params)
     default_cell = cell_dir(store, cfg)
     if not is_done(default_cell):
-        raise SystemExit(f"the default cell {default_cell} has not finished: run the pretrain stage first")
+        raise SystemExit(f"the default cell {default_cell} has not finished: run the grid stage first")
     atomic_write_json(results / "baselines.json", {"random_init": random_init(cfg), "raw_pixels": raw_pixels(cfg)})
     shutil.rmtree(results / "attention", ignore_errors=True)
     att = attention_of_default(cfg, default_cell, results / "attention")

@@ -1,4 +1,4 @@
-"""Stage `pretrain`: run every cell of every study in params.yaml `grid` (train + evaluate).
+"""Stage `grid`: run every cell of every study in params.yaml `grid` (train + evaluate).
 
 Cells are identified by the hash of their resolved training config; identical cells of several
 studies run once; finished cells (DONE) are reused, and re-evaluated when their evaluation is

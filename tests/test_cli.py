@@ -31,7 +31,7 @@ def test_pyproject_installs_the_dino_command():
 
 
 def test_every_stage_reading_params_lists_the_same_set_syntax(capsys):
-    assert PARAM_COMMANDS == ["budget", "cost", "eval", "grid", "params", "prepare", "pretrain", "tune"]
+    assert PARAM_COMMANDS == ["budget", "cost", "eval", "grid", "params", "precision", "prepare", "pretrain", "tune"]
     for name in PARAM_COMMANDS:
         with pytest.raises(SystemExit) as e:
             cli.main([name, "--help"])

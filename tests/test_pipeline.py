@@ -102,12 +102,12 @@ def test_dag_end_to_end_reuse_and_one_cell_change(repo: Path) -> None:
     new = set(after) - set(done)
     assert len(new) == 1
     assert all(after[h] == done[h] for h in done if h in after)
-    # the wall time of each pretrain invocation reaches results/README.md (the skipped one has none)
+    # the wall time of each grid invocation reaches results/README.md (the skipped one has none)
     runs = json.loads((repo / "results" / "env.json").read_text())["grid_runs"]
     assert [(r["cells_run"], r["cells_reused"], r["failed"]) for r in runs] == [(6, 0, 0), (1, 5, 0)]
     assert all(r["wall_time_s"] > 0 and r["started"] <= r["finished"] for r in runs)
     readme = (repo / "results" / "README.md").read_text()
-    assert "The pretrain stage ran 2 time(s)" in readme and "1 cell(s) run, 5 reused, 0 failed" in readme
+    assert "The grid stage ran 2 time(s)" in readme and "1 cell(s) run, 5 reused, 0 failed" in readme
     # an evaluation parameter changes: every current cell is re-evaluated, none re-trained
     cells_dir = repo / CELLS
     current = set(pd.read_csv(repo / "results" / "cells.csv")["cell"])
@@ -262,7 +262,7 @@ def test_bad_value_from_dvc_exp_run_removes_no_output(repo: Path) -> None:
     """`dvc exp run -S optim.lr=abc` writes `lr: abc` into params.yaml, then runs the DAG: the
     validate stage, on which every other depends, stops it before DVC removes results/grid.csv,
     and its error names the value and how to restore params.yaml."""
-    _repro(repo, "pretrain")
+    _repro(repo, "grid")
     env = _env(repo)
     for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "grid"]):
         subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)

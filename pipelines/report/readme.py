@@ -46,12 +46,12 @@ def _env_lines(env: dict | None) -> list[str]:
 
 
 def _wall_lines(env: dict | None) -> list[str]:
-    """One line per invocation of the pretrain stage (the run store's history.jsonl)."""
+    """One line per invocation of the grid stage (the run store's history.jsonl)."""
     runs = (env or {}).get("grid_runs") or []
     if not runs:
         return ["No grid history in results/env.json (runs/history.jsonl)."]
     total = sum(float(r.get("wall_time_s") or 0.0) for r in runs)
-    lines = [f"The pretrain stage ran {len(runs)} time(s) on this run store, {total / 3600:.2f} h in all:", ""]
+    lines = [f"The grid stage ran {len(runs)} time(s) on this run store, {total / 3600:.2f} h in all:", ""]
     for r in runs:
         note = f"; {r['note']}" if r.get("note") else ""
         lines.append(f"- {r.get('started')} to {r.get('finished')}: {float(r.get('wall_time_s') or 0.0) / 3600:.2f} h, "
