@@ -10,6 +10,7 @@ import json
 import struct
 
 import numpy as np
+import pytest
 import torch
 
 from dino_core.step import train_step
@@ -105,3 +106,13 @@ def test_data_step_reports_each_backends_share_of_the_step(tmp_path, one_thread)
     for r in rows:
         assert 0 < r["data_fraction"] < 1 and 0 < r["data_cpu_fraction"] < 1 and len(r["data_times_s"]) == 2
         assert abs(r["data_fraction"] - r["data_s_per_step"] / (r["data_s_per_step"] + r["train_step_s"])) < 1e-9
+
+
+def test_paired_alternates_the_variants_and_reports_each_ratio(one_thread):
+    from pipelines.bench import bench_paired
+    got = bench_paired(tiny_config(), warmup=1, steps=2)
+    assert got["precision"] == "fp32" and got["official_precision"] == "fp32"
+    assert len(got["ratios"]) == len(got["ours_times_s"]) == len(got["official_times_s"]) == 2
+    assert all(r > 0 for r in got["ratios"])
+    assert got["ratio_median"] == pytest.approx(sum(got["ratios"]) / 2, abs=1e-4)   # the median of two
+    assert "compiled_s_per_step" not in got       # the compiled variant only when asked for

@@ -117,7 +117,7 @@ def _time_config(a: argparse.Namespace, name: str, result: dict, iso: dict) -> N
         # ours at the first precision asked for (bf16 on a GPU): the official step picks its own
         # (fp16 + GradScaler on GPU, fp32 on CPU), as the official code does
         pcfg = build_config(name, a.precisions.split(",")[0] or "auto", a.device)
-        pr = measure("bench_paired", pcfg, a.warmup, a.paired, **iso)
+        pr = measure("bench_paired", pcfg, a.warmup, a.paired, compile=a.compile, **iso)
         pr.update(config=name, loadavg=[la0, loadavg()])
         result.setdefault("paired", []).append(pr)
     for r in result["train_step"]:

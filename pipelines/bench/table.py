@@ -35,6 +35,10 @@ def table(result: dict) -> str:
                      f"{r['official_s_per_step']:.3f} s/step, speed-up x{r['ratio_median']:.2f} (median of pair "
                      f"ratios; geometric mean x{r['ratio_geomean']:.2f}, ratio of minima x{r['ratio_of_mins']:.2f}), "
                      f"loadavg {r['loadavg'][0]} -> {r['loadavg'][1]}")
+        if "compiled_s_per_step" in r:
+            lines.append(f"paired {r['config']}: ours compiled (train.compile) {r['compiled_s_per_step']:.3f} s/step, "
+                         f"speed-up x{r['compiled_ratio_median']:.2f} over official-style (geometric mean "
+                         f"x{r['compiled_ratio_geomean']:.2f}, ratio of minima x{r['compiled_ratio_of_mins']:.2f})")
     k = result.get("knn")
     for r in k or []:
         lines.append(f"k-NN {r['n_query']:,} x {r['n_train']:,} (dim {r['dim']}): {r['time_s']:.1f} s, "
