@@ -20,6 +20,21 @@ from .table import table
 log = logging.getLogger(__name__)
 
 
+def _die_with_parent() -> None:
+    """A measurement's process ends when the bench does (killed or interrupted), not minutes later:
+    a daemon thread exits it once its parent is gone (it is then re-parented)."""
+    import os
+    import threading
+    import time
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
 def _in_child(name: str, threads: int | None, *args, **kw) -> dict:
     if threads:
         torch.set_num_threads(threads)
@@ -34,7 +49,8 @@ def measure(name: str, *args, isolate: bool = True, threads: int | None = None, 
         return getattr(importlib.import_module("pipelines.bench"), name)(*args, **kw)
     import concurrent.futures
     import multiprocessing
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_die_with_parent) as ex:
         return ex.submit(_in_child, name, threads, *args, **kw).result()
 
 
