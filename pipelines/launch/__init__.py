@@ -30,18 +30,20 @@ Public API
 configured executor and reports whether the cluster works.
 
 Modules: config (launch.yaml -> LaunchConfig), executors (make_executor, Resumable,
-distributed_env), jobs (cells, outcomes, cancellation), squeue (SLURM job states), poll (one
-check of the running jobs), run (run_cells), probes (check).
+distributed_env), local (cells at once, threads and GPU of the local executor's jobs), sharing
+(``local.cells_per_gpu: auto`` measured; ``python -m pipelines.launch.sharing``), jobs (cells,
+outcomes, cancellation), squeue (SLURM job states), poll (one check of the running jobs), run
+(run_cells), probes (check).
 """
 from __future__ import annotations
 
 from .config import DEFAULT_LAUNCH_YAML, EXECUTORS, REPO_ROOT, LaunchConfig, launch_config_from_dict, load_launch_config
-from .executors import (CellFailed, Resumable, SubmissionError, cores, distributed_env, local_parallelism,
-                        make_executor)
+from .executors import CellFailed, Resumable, SubmissionError, distributed_env, make_executor
+from .local import cores, local_parallelism, local_width
 from .probes import probe_cell, probe_counter, probe_counter_expected, probe_distributed, probe_fail, probe_started
 from .run import run_cells
 
 __all__ = ["DEFAULT_LAUNCH_YAML", "EXECUTORS", "REPO_ROOT", "CellFailed", "LaunchConfig", "Resumable", "SubmissionError",
            "cores", "distributed_env", "launch_config_from_dict", "load_launch_config", "local_parallelism",
-           "make_executor", "probe_cell", "probe_counter", "probe_counter_expected", "probe_distributed", "probe_fail",
-           "probe_started", "run_cells"]
+           "local_width", "make_executor", "probe_cell", "probe_counter", "probe_counter_expected", "probe_distributed",
+           "probe_fail", "probe_started", "run_cells"]
