@@ -59,6 +59,9 @@ def shared_steps(cfg: Config, rank: int, warmup: int, steps: int, threads: int, 
     holds), "alloc_mb" (tensors at peak), "precision", "device", "device_mem_mb"} or {"rank", "error"}
     on the queue ``results``."""
     torch.set_num_threads(threads)
+    if cfg.train.compile:   # its share of the cores for compiling too: N pools of one worker per core swamp them
+        import torch._inductor.config as inductor_config
+        inductor_config.compile_threads = threads
     try:
         results.put(_timed(cfg, rank, warmup, steps, barrier, wait_s))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which stops the scan
