@@ -12,11 +12,11 @@ Public API
     A ``submitit.AutoExecutor`` with ``cluster=`` always given explicitly.
 ``run_cells(fn, args_list, cfg, folder=None, *, poll_s=None, ...)``
     Runs ``fn(*args)`` for every ``args`` of ``args_list`` (SLURM: one job array; local: at most
-    ``max_parallel`` processes at a time; debug: in-process, one after another) and returns one
-    outcome per cell, in order: the cell's return value or a :class:`CellFailed`. It never waits
-    forever: a SLURM job that disappears from ``squeue`` (or reaches a final state) without a
-    result (scancel, out of memory, node failure) is reported with its stderr path after
-    ``stale_s`` seconds.
+    ``max_parallel`` processes at a time, with GPUs ``local.cells_per_gpu`` per GPU; debug:
+    in-process, one after another) and returns one outcome per cell, in order: the cell's return
+    value or a :class:`CellFailed`. It never waits forever: a SLURM job that disappears from
+    ``squeue`` (or reaches a final state) without a result (scancel, out of memory, node failure)
+    is reported with its stderr path after ``stale_s`` seconds.
 ``Resumable(fn, *args, **kwargs)``
     Checkpointable callable: on timeout or pre-emption (USR2 from SLURM, ``scontrol requeue``)
     the job is requeued and ``fn`` is called again; ``fn`` resumes from its own checkpoint.
