@@ -65,13 +65,22 @@ def probe_bf16(shapes: list[tuple[int, int, int]]) -> dict:
     return {"fp32_s": fp32, "bf16_s": bf16, "speedup": fp32 / bf16}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), part of every per-machine cache key."""
+    return next((ln.split(":", 1)[1].strip() for ln in _cpuinfo().splitlines() if ln.startswith("model name")),
+                platform.processor())
+
+
+def cache_root() -> Path:
+    """Where per-machine measurements are kept: $XDG_CACHE_HOME/dino-repro (~/.cache/dino-repro)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dino-repro"
+
+
 def _cache_file(shapes: list[tuple[int, int, int]]) -> Path:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in _cpuinfo().splitlines() if ln.startswith("model name")),
-               platform.processor())
     isa = [torch.backends.cpu.get_cpu_capability()] + [os.environ.get(v, "") for v in ISA_CAPS]
-    key = json.dumps([cpu, torch.__version__, torch.get_num_threads(), shapes] + ([isa] if any(isa[1:]) else []))
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dino-repro"
-    return root / f"precision-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    key = json.dumps([cpu_model(), torch.__version__, torch.get_num_threads(), shapes]
+                     + ([isa] if any(isa[1:]) else []))
+    return cache_root() / f"precision-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
 def _cpuinfo() -> str:

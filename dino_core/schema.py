@@ -142,18 +142,24 @@ def _check_pairs(key: str, value: dict, value_type: Any, meta: dict) -> tuple:
 
 
 def _check_allowed(key: str, value: Any, meta: dict) -> Any:
-    """`value` against the choices, pattern and range of its spec()."""
+    """`value` against the choices, pattern and range of its spec(). A spec with both choices and
+    a range (a word or a number, e.g. "auto" or a count >= 1) checks words against the choices and
+    numbers against the range."""
     choices, pattern, lo, hi = meta.get("choices"), meta.get("pattern"), meta.get("lo"), meta.get("hi")
+    either = choices is not None and lo is not None
+    lb, rb = "(" if meta.get("open_lo") else "[", ")" if meta.get("open_hi") else "]"
+    allowed = f"; allowed: {list(choices)} or a number in {lb}{lo}, {hi}{rb}" if either else ""
+    if either:
+        choices, lo = (choices, None) if isinstance(value, str) else (None, lo)
     if choices is not None and value not in choices:
-        raise ValueError(f"{key}: {value!r} is not allowed; allowed: {list(choices)}")
+        raise ValueError(f"{key}: {value!r} is not allowed" + (allowed or f"; allowed: {list(choices)}"))
     if pattern is not None and not re.fullmatch(pattern[0], value):
         raise ValueError(f"{key}: {value!r} is not allowed; allowed: {pattern[1]}")
     if lo is not None:
         low_bad = value <= lo if meta.get("open_lo") else value < lo
         high_bad = value >= hi if meta.get("open_hi") else value > hi
         if low_bad or high_bad or value != value:   # value != value: NaN passes both comparisons
-            lb, rb = "(" if meta.get("open_lo") else "[", ")" if meta.get("open_hi") else "]"
-            raise ValueError(f"{key}: {value!r} is out of range {lb}{lo}, {hi}{rb}")
+            raise ValueError(f"{key}: {value!r} is out of range {lb}{lo}, {hi}{rb}{allowed}")
     return value
 
 

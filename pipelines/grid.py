@@ -29,8 +29,9 @@ from dino_core.monitor import count_flagged
 
 from .ddp_entry import train_cell_ddp
 from .launch import CellFailed, LaunchConfig, load_launch_config, run_cells
+from .launch.sharing import resolve_cells_per_gpu
 from .lock import holder
-from .params import ROOT, Cell, grid_cells, load_all
+from .params import ROOT, Cell, grid_cells, load_all, resolve_profile
 from .store import append_history, cell_dir, is_done, needs_eval, read_done
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ def check_grid(params: dict, launch_overrides: dict | None = None, root: Path = 
 
 def run_grid(params: dict, launch_overrides: dict | None = None, root: Path = ROOT) -> pd.DataFrame:
     """Run the pending cells; returns one row per (study, row, seed) with the cell's status.
-    Each call that gets past validation is appended to the store's history (wall time, cells run)."""
+    Each call that gets past validation is appended to the store's history (wall time, cells run,
+    cells per GPU)."""
     cells = grid_cells(params, root)                       # validates everything first
     t0, started = time.monotonic(), _now()
     store = root / params["grid"]["store"]
@@ -92,10 +94,15 @@ def run_grid(params: dict, launch_overrides: dict | None = None, root: Path = RO
         if busy:
             log.info("cell %s is being trained by %s (another driver, or a cell of a stopped one): "
                      "its job waits for it and reuses the result", h, busy)
-    outcomes, executor = {}, "none"
+    outcomes, executor, per_gpu = {}, "none", None
     if pending:
         launch = load_launch_config(root / "launch.yaml", launch_overrides)
+        # cells_per_gpu auto: measured on the profile's cell (the grid's common config), cached per machine
+        launch = resolve_cells_per_gpu(launch, Config.from_dict(resolve_profile(params, root)))
         executor = launch.executor
+        if executor == "local" and launch.local.gpus_per_node:
+            per_gpu = launch.local.cells_per_gpu
+            log.info("grid: %d cell(s) per GPU on %d GPU(s)", per_gpu, launch.local.gpus_per_node)
         runs = [(store / "cells" / h, unique[h]["head"]["out_dim"]) for h in pending]
         results = run_cells(train_cell_ddp, [(str(store / "cells" / h), unique[h]) for h in pending], launch,
                             root / launch.folder, name="dino-grid",
@@ -112,7 +119,7 @@ def run_grid(params: dict, launch_overrides: dict | None = None, root: Path = RO
     append_history(store, {"started": started, "finished": _now(), "wall_time_s": round(time.monotonic() - t0, 1),
                            "cells_unique": len(unique), "cells_run": len(pending) - len(stale),
                            "cells_reevaluated": len(stale),
-                           "cells_reused": len(unique) - len(pending), "executor": executor,
+                           "cells_reused": len(unique) - len(pending), "executor": executor, "cells_per_gpu": per_gpu,
                            "failed": sum(isinstance(o, CellFailed) for o in outcomes.values())})
     return table
 

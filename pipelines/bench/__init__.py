@@ -32,7 +32,8 @@ process peak RSS (VmHWM, reset through /proc/self/clear_refs) minus the RSS befo
 Writes JSON atomically (``--out``, default results/bench.json) and logs a table.
 
 Modules: configs, environment, measuring, flops, step, train_steps (real data: the cost stage and the
-data step), official_model, official_step, knn, data, table, cli.
+data step), shared (one of N cells training at once: pipelines/launch/sharing.py), official_model,
+official_step, knn, data, table, cli.
 """
 from __future__ import annotations
 

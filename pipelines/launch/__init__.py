@@ -12,11 +12,11 @@ Public API
     A ``submitit.AutoExecutor`` with ``cluster=`` always given explicitly.
 ``run_cells(fn, args_list, cfg, folder=None, *, poll_s=None, ...)``
     Runs ``fn(*args)`` for every ``args`` of ``args_list`` (SLURM: one job array; local: at most
-    ``max_parallel`` processes at a time; debug: in-process, one after another) and returns one
-    outcome per cell, in order: the cell's return value or a :class:`CellFailed`. It never waits
-    forever: a SLURM job that disappears from ``squeue`` (or reaches a final state) without a
-    result (scancel, out of memory, node failure) is reported with its stderr path after
-    ``stale_s`` seconds.
+    ``max_parallel`` processes at a time, with GPUs ``local.cells_per_gpu`` per GPU; debug:
+    in-process, one after another) and returns one outcome per cell, in order: the cell's return
+    value or a :class:`CellFailed`. It never waits forever: a SLURM job that disappears from
+    ``squeue`` (or reaches a final state) without a result (scancel, out of memory, node failure)
+    is reported with its stderr path after ``stale_s`` seconds.
 ``Resumable(fn, *args, **kwargs)``
     Checkpointable callable: on timeout or pre-emption (USR2 from SLURM, ``scontrol requeue``)
     the job is requeued and ``fn`` is called again; ``fn`` resumes from its own checkpoint.
@@ -30,18 +30,20 @@ Public API
 configured executor and reports whether the cluster works.
 
 Modules: config (launch.yaml -> LaunchConfig), executors (make_executor, Resumable,
-distributed_env), jobs (cells, outcomes, cancellation), squeue (SLURM job states), poll (one
-check of the running jobs), run (run_cells), probes (check).
+distributed_env), local (cells at once, threads and GPU of the local executor's jobs), sharing
+(``local.cells_per_gpu: auto`` measured; ``python -m pipelines.launch.sharing``), jobs (cells,
+outcomes, cancellation), squeue (SLURM job states), poll (one check of the running jobs), run
+(run_cells), probes (check).
 """
 from __future__ import annotations
 
 from .config import DEFAULT_LAUNCH_YAML, EXECUTORS, REPO_ROOT, LaunchConfig, launch_config_from_dict, load_launch_config
-from .executors import (CellFailed, Resumable, SubmissionError, cores, distributed_env, local_parallelism,
-                        make_executor)
+from .executors import CellFailed, Resumable, SubmissionError, distributed_env, make_executor
+from .local import cores, local_parallelism, local_width
 from .probes import probe_cell, probe_counter, probe_counter_expected, probe_distributed, probe_fail, probe_started
 from .run import run_cells
 
 __all__ = ["DEFAULT_LAUNCH_YAML", "EXECUTORS", "REPO_ROOT", "CellFailed", "LaunchConfig", "Resumable", "SubmissionError",
            "cores", "distributed_env", "launch_config_from_dict", "load_launch_config", "local_parallelism",
-           "make_executor", "probe_cell", "probe_counter", "probe_counter_expected", "probe_distributed", "probe_fail",
-           "probe_started", "run_cells"]
+           "local_width", "make_executor", "probe_cell", "probe_counter", "probe_counter_expected", "probe_distributed",
+           "probe_fail", "probe_started", "run_cells"]

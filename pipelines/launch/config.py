@@ -40,6 +40,9 @@ class LocalSettings:
     timeout_min: int = spec(1, INF, default=1440)  # submitit kills local jobs after 2 min unless this is set
     tasks_per_node: int = spec(1, INF, default=1)  # >1: DDP processes on this machine (gloo on CPU)
     gpus_per_node: int = spec(0, INF, default=0)  # GPUs made visible to each job (submitit hides them otherwise)
+    # With GPUs: processes per GPU at once (a small cell leaves the GPU idle between kernel launches);
+    # auto: measured by pipelines/launch/sharing.py. Without GPUs max_parallel applies instead.
+    cells_per_gpu: tp.Union[int, str] = spec(1, INF, choices=("auto",), default=1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ import submitit.helpers
 from submitit.core.utils import DelayedSubmission
 
 from .config import EXECUTORS, REPO_ROOT, LaunchConfig
+from .local import local_threads
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,12 @@ def _pythonpath_setup() -> tp.List[str]:
     return [f'export PYTHONPATH={root}"${{PYTHONPATH:+:$PYTHONPATH}}"']
 
 
+def local_setup(cfg: LaunchConfig, gpu: tp.Optional[int] = None) -> tp.List[str]:
+    """Shell lines run before a local job: imports, threads and, given one, the only GPU it sees."""
+    lines = _pythonpath_setup() + [local_threads(cfg)]
+    return lines + ([f"export CUDA_VISIBLE_DEVICES={gpu}"] if gpu is not None else [])
+
+
 def make_executor(
     cfg: LaunchConfig,
     folder: tp.Union[str, Path, None] = None,
@@ -95,7 +102,7 @@ def make_executor(
             timeout_min=loc.timeout_min,
             tasks_per_node=loc.tasks_per_node,
             gpus_per_node=loc.gpus_per_node,
-            local_setup=_pythonpath_setup() + [_local_threads(cfg)],
+            local_setup=local_setup(cfg),
         )
     elif cfg.executor == "debug":
         ex = submitit.AutoExecutor(folder=folder, cluster="debug")
@@ -106,23 +113,6 @@ def make_executor(
         params["name"] = name
     ex.update_parameters(**params)
     return ex
-
-
-def _local_threads(cfg: LaunchConfig) -> str:
-    # cells share the cores: each process gets cores / (cells at once x tasks) intra-op threads,
-    # not torch's default of one per core each, which oversubscribes the machine
-    per_task = max(1, cores() // (local_parallelism(cfg) * max(1, cfg.local.tasks_per_node)))
-    return f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-{per_task}}}"
-
-
-def local_parallelism(cfg: LaunchConfig) -> int:
-    """Cells run at once by the local executor: max_parallel bounded by the CPU cores."""
-    return max(1, min(cfg.max_parallel, cores() // max(1, cfg.local.tasks_per_node)))
-
-
-def cores() -> int:
-    """CPU cores this process may use (the affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class Resumable(submitit.helpers.Checkpointable):

@@ -26,7 +26,7 @@ def _tail(path: tp.Optional[Path], n: int = 15) -> str:
 
 
 class JobCell:
-    __slots__ = ("index", "job", "stale_since", "submitted_at", "done_at", "outcome", "finished")
+    __slots__ = ("index", "job", "stale_since", "submitted_at", "done_at", "outcome", "finished", "gpu")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -36,6 +36,7 @@ class JobCell:
         self.done_at = 0.0
         self.outcome: tp.Any = None
         self.finished = False
+        self.gpu: tp.Optional[int] = None   # the GPU a local job was shown (several GPUs, one task)
 
 
 def _task_jobs(job: tp.Any, all_tasks: bool) -> tp.List[tp.Any]:

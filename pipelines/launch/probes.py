@@ -19,7 +19,7 @@ from .run import run_cells
 
 
 def probe_cell(i: int, out_dir: str, sleep_s: float = 0.0, fail: bool = False) -> int:
-    """Writes ``cell_<i>.json`` with start/end wall-clock times and returns ``i * i``.
+    """Writes ``cell_<i>.json`` with start/end wall-clock times and the GPUs it sees; returns ``i * i``.
 
     With ``fail=True`` it raises instead (a cell whose code fails).
     """
@@ -29,7 +29,8 @@ def probe_cell(i: int, out_dir: str, sleep_s: float = 0.0, fail: bool = False) -
         raise RuntimeError(f"probe cell {i} failed on purpose")
     end = time.time()
     rec = {"i": i, "start": start, "end": end, "pid": os.getpid(), "host": os.uname().nodename,
-           "job": os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")}
+           "job": os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID"),
+           "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(out_dir) / f"cell_{i}.json", json.dumps(rec))
     return i * i

@@ -8,8 +8,9 @@ from pathlib import Path
 
 
 from .config import LaunchConfig
-from .executors import CellFailed, local_parallelism, make_executor, Resumable, stop_on_signals, SubmissionError
+from .executors import CellFailed, local_setup, make_executor, Resumable, stop_on_signals, SubmissionError
 from .jobs import Bound, cancel, JobCell, log_progress, run_debug
+from .local import local_width, next_gpu
 from .poll import give_up, poll_once
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ def run_cells(
       in a final state or gone from squeue for ``stale_s`` seconds without a result has failed
       (cancelled, out of memory, node failure): the grid never waits forever.
       Requeued jobs (pre-emption, timeout with checkpoint) are waited for.
-    - ``local``: at most ``local_parallelism(cfg)`` processes at once (submitit's local
-      executor would start them all together).
+    - ``local``: at most ``local_parallelism(cfg)`` cells at once (submitit's local executor
+      would start them all together); on several GPUs each one-task cell sees the least busy one.
     - ``debug``: in-process, one after another.
 
     ``checkpointable`` wraps each call in :class:`Resumable` (requeue on timeout/pre-emption).
@@ -94,6 +95,17 @@ def _submit_slurm_array(ex, calls, cfg: LaunchConfig) -> tp.List[tp.Any]:
     return jobs
 
 
+def _submit_local(ex, cfg: LaunchConfig, cells: tp.List[JobCell], idx: tp.List[int], calls: list) -> list:
+    jobs = []
+    for i in idx:
+        gpu = next_gpu(cfg, [c.gpu for c in cells if c.gpu is not None and not c.finished])
+        if gpu is not None:   # after submitit's CUDA_VISIBLE_DEVICES=0,..,gpus_per_node-1
+            ex.update_parameters(local_setup=local_setup(cfg, gpu))
+        cells[i].gpu = gpu
+        jobs.append(ex.submit(calls[i]))
+    return jobs
+
+
 def _run_pool(fn, args_list, cfg, folder, name, poll, stale, checkpointable, all_tasks,
               on_submit, max_wait_s, note=None) -> list:
     ex = make_executor(cfg, folder, name=name)
@@ -103,10 +115,9 @@ def _run_pool(fn, args_list, cfg, folder, name, poll, stale, checkpointable, all
     total = len(cells)
     t0 = time.time()
     to_start = list(range(total))
-    width = local_parallelism(cfg) if kind == "local" else total
-    if kind == "local" and width < cfg.max_parallel:
-        log.info("[%s] local: max_parallel=%d bounded to %d by the CPU cores", name,
-                 cfg.max_parallel, width)
+    width, why = local_width(cfg) if kind == "local" else (total, "")
+    if why:
+        log.info("[%s] local: %d cell(s) at once: %s", name, width, why)
 
     def start_some() -> None:
         running = sum(1 for c in cells if c.job is not None and not c.finished)
@@ -117,7 +128,7 @@ def _run_pool(fn, args_list, cfg, folder, name, poll, stale, checkpointable, all
         if kind == "slurm":
             jobs = _submit_slurm_array(ex, [calls[i] for i in idx], cfg)
         else:
-            jobs = [ex.submit(calls[i]) for i in idx]
+            jobs = _submit_local(ex, cfg, cells, idx, calls)
         now = time.time()
         for i, j in zip(idx, jobs):
             cells[i].job, cells[i].submitted_at = j, now
