@@ -24,7 +24,7 @@ from .ddp_entry import train_cell_ddp
 from .launch import CellFailed, load_launch_config, run_cells
 from .params import ROOT, grid_cells, load_all
 from .protocol import load_protocol
-from .store import cell_dir, cell_summary, is_done
+from .store import cell_dir, cell_summary, is_done, needs_eval
 
 log = logging.getLogger(__name__)
 KNN = "select_knn20_top1"
@@ -71,10 +71,12 @@ def measure(params: dict, epochs: int, protocol: dict, randoms: dict[int, float]
     paths = [cell_dir(store, Config.from_dict(p)) for *_, p in cells]
     if not train and not all(is_done(d) for d in paths):
         return None
+    # a finished cell with a current evaluation needs no job; the others train or re-evaluate in one
+    todo = [(str(d), p) for d, (*_, p) in zip(paths, cells)
+            if not is_done(d) or needs_eval(d, Config.from_dict(p))]
     launch = load_launch_config(root / "launch.yaml")
-    outcomes = run_cells(train_cell_ddp, [(str(d), p) for d, (*_, p) in zip(paths, cells)], launch,
-                         root / launch.folder, name="dino-budget")
-    failed = [str(d) for d, o in zip(paths, outcomes) if isinstance(o, CellFailed)]
+    outcomes = run_cells(train_cell_ddp, todo, launch, root / launch.folder, name="dino-budget") if todo else []
+    failed = [d for (d, _), o in zip(todo, outcomes) if isinstance(o, CellFailed)]
     if failed:
         raise SystemExit(f"budget: cells failed: {failed}")
     summaries = [cell_summary(d) for d in paths]   # DONE + collapse.json + eval.json
