@@ -26,9 +26,8 @@ import yaml
 
 from dino_core.checkpoint import atomic_write_text
 
-from .params import ROOT, load_all
-from .pretrain import parse_override
-from .resolve import resolved_params, view
+from .params import ROOT
+from .resolve import resolved_with_profile, write_view
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +98,11 @@ def main(argv: list[str] | None = None) -> int:
                      f"--set applies to: {', '.join(n for n, c in COMMANDS.items() if c.params)}")
         return _call(cmd, [*cmd.extra, *rest])
     try:
-        params = resolved_params(args.params, args.overrides)
-        chosen = next((parse_override(o)[1] for o in reversed(args.overrides) if o.split("=")[0].strip() == "profile"),
-                      load_all(args.params).get("profile", "default"))
+        params, chosen = resolved_with_profile(args.params, args.overrides)
     except (ValueError, FileNotFoundError) as e:
         ap.error(str(e))
     if args.command == "params" or args.dry_run:
-        text = yaml.safe_dump(view(params, chosen), sort_keys=False)
-        if args.command == "params" and args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(Path(args.out), text)
-        else:
-            sys.stdout.write(text)
+        write_view(params, chosen, args.out if args.command == "params" else None)
         return 0
     if args.command == "pretrain":   # a single run: --set applies after the profile (pipelines.pretrain)
         over = [a for o in args.overrides for a in ("--set", o)]

@@ -84,6 +84,23 @@ def view(params: dict, profile: str, root: Path = ROOT) -> dict:
     return out
 
 
+def resolved_with_profile(params_path: str | Path, overrides: list[str]) -> tuple[dict, str]:
+    """(resolved_params, the profile name chosen: the last --set profile=..., else params.yaml's)."""
+    params = resolved_params(params_path, overrides)
+    chosen = next((parse_override(o)[1] for o in reversed(overrides) if o.split("=")[0].strip() == "profile"),
+                  load_all(params_path).get("profile", "default"))
+    return params, chosen
+
+
+def write_view(params: dict, profile: str, out: str | None) -> None:
+    """The view as YAML, to ``out`` (written atomically) or to stdout."""
+    text = yaml.safe_dump(view(params, profile), sort_keys=False)
+    if out:
+        atomic_write_text(Path(out), text)
+    else:
+        sys.stdout.write(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
@@ -92,16 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        params = resolved_params(args.params, args.overrides)
-        chosen = next((parse_override(o)[1] for o in reversed(args.overrides) if o.split("=")[0].strip() == "profile"),
-                      load_all(args.params).get("profile", "default"))
+        params, chosen = resolved_with_profile(args.params, args.overrides)
     except (ValueError, FileNotFoundError) as e:
         ap.error(str(e))
-    text = yaml.safe_dump(view(params, chosen), sort_keys=False)
-    if args.out:
-        atomic_write_text(Path(args.out), text)
-    else:
-        sys.stdout.write(text)
+    write_view(params, chosen, args.out)
     return 0
 
 
